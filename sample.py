@@ -1,0 +1,182 @@
+"""
+Text to motion with a trained LUMA checkpoint: DPM-Solver++ with classifier-free guidance (paper Sec. 3.1, 4).
+
+    python sample.py --checkpoint runs/luma_synthetic/final.pt --text "a person jumps" --seconds 6
+    python sample.py --checkpoint CKPT --text-file prompts.txt        # one `text#frames` per line
+
+For each sample it writes the denormalised features (<name>.npy, (T, D)), the joints (<name>_joints.npy, (T, J, 3)),
+an animation (<name>.gif) and a filmstrip of key frames (<name>.png), and prints where.
+
+Python API:
+    model = load_model("final.pt")
+    joints = model.generate(["a person jumps"], [120])       # list of (T, J, 3) arrays
+
+Sampling never runs the anchor heads (they act in training only). The guided x0 prediction of Eq. (3) is one batched
+forward of 2B samples; the sampler is diffusion.dpm_solver_pp (10 steps by default, Sec. 4).
+"""
+
+import argparse
+import re
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from data import MAX_MOTION_LENGTH, SKELETONS, features_to_joints, render_animation, render_filmstrip
+from diffusion import alphas_cumprod, ddpm_sample, dpm_solver_pp, guided_x0, linear_betas
+from moclip import moclip_from_state
+from unet import UNet
+
+SAMPLERS = ["sde-dpmsolver++", "dpmsolver++", "ddpm"]
+
+
+class LUMASampler:
+    """A trained denoiser with its text tower and normalisation: texts + lengths -> motions."""
+
+    def __init__(self, unet, text_encoder, mean, std, kind="t2m"):
+        self.unet, self.text_encoder, self.kind = unet.eval(), text_encoder.eval(), kind
+        self.device = next(unet.parameters()).device
+        self.mean = torch.as_tensor(np.asarray(mean), dtype=torch.float32, device=self.device)
+        self.std = torch.as_tensor(np.asarray(std), dtype=torch.float32, device=self.device)
+        self.alphas_cumprod = alphas_cumprod(linear_betas(1000)).to(self.device)   # Eq. (1)
+
+    @torch.no_grad()
+    def generate_features(self, texts, lengths, guidance=2.5, steps=10, sampler="sde-dpmsolver++", karras=True,
+                          seed=0):
+        """texts list[str], lengths list[int] -> list of denormalised features (length_i, D)."""
+        _check_request(texts, lengths)
+        generator = torch.Generator(self.device).manual_seed(seed)
+        T = max(lengths)                        # the backbone generates at the batch's longest length, then crops
+        x_T = torch.randn(len(texts), T, self.mean.shape[0], generator=generator, device=self.device)
+        text_tokens = self.text_encoder.encode_text_tokens(list(texts))           # (B, 77, W), once per batch
+        text_tokens2 = torch.cat([text_tokens, text_tokens])                      # cond half, uncond half
+
+        def denoise(x, t, cond_mask):
+            return self.unet(x, t, text_tokens2[: x.shape[0]], cond_mask)[0]
+
+        def model_fn(x_t, t):
+            return guided_x0(denoise, x_t, t, guidance)                           # Eq. (3), one 2B forward
+
+        if sampler == "ddpm":
+            x0 = ddpm_sample(model_fn, x_T, self.alphas_cumprod, generator=generator)
+        else:
+            x0 = dpm_solver_pp(model_fn, x_T, self.alphas_cumprod, steps=steps, order=2, karras=karras,
+                               sde=sampler == "sde-dpmsolver++", generator=generator)
+        features = x0 * self.std + self.mean                                      # denormalise
+        return [f[:n].float().cpu().numpy() for f, n in zip(features, lengths)]
+
+    def generate(self, texts, lengths, **kwargs):
+        """texts list[str], lengths list[int] (frames) -> list of joints (length_i, J, 3)."""
+        return [features_to_joints(f, self.kind) for f in self.generate_features(texts, lengths, **kwargs)]
+
+    def write(self, texts, lengths, folder, num_samples=1, **kwargs):
+        """Generate and write features, joints, a GIF and a filmstrip per sample; returns the written paths."""
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        seed = kwargs.pop("seed", 0)
+        written = []
+        for r in range(num_samples):
+            all_features = self.generate_features(texts, lengths, seed=seed + r, **kwargs)
+            for i, (text, features) in enumerate(zip(texts, all_features)):
+                name = f"{i:02d}_{_slug(text)}_{r}"
+                joints = features_to_joints(features, self.kind)
+                np.save(folder / f"{name}.npy", features)
+                np.save(folder / f"{name}_joints.npy", joints)
+                render_animation(joints, folder / f"{name}.gif", kind=self.kind, title=text)
+                render_filmstrip(joints, folder / f"{name}.png", kind=self.kind, title=text)
+                written.append(folder / name)
+        return written
+
+
+def load_model(path, device=None):
+    """A LUMASampler from a checkpoint written by train.py (final.pt or checkpoint.pt); needs nothing else."""
+    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"no checkpoint at {path}. train.py writes runs/luma_<dataset>/final.pt; "
+                                f"pass that path with --checkpoint.")
+    try:
+        state = torch.load(path, map_location=device, weights_only=True)
+    except Exception as error:
+        raise ValueError(f"{path} is not a readable PyTorch checkpoint ({type(error).__name__}: {error})") from None
+    if not isinstance(state, dict) or state.get("format") != "luma":
+        raise ValueError(f"{path} is not a LUMA checkpoint written by train.py (a MoCLIP checkpoint? those are "
+                         f"for --moclip-checkpoint). Pass runs/<run>/final.pt.")
+    unet = UNet(**state["unet_config"]).to(device)
+    unet.load_state_dict(state["unet"])
+    text_encoder = moclip_from_state(state["text_encoder"]).to(device)
+    return LUMASampler(unet, text_encoder, state["mean"].numpy(), state["std"].numpy(), state["kind"])
+
+
+def _check_request(texts, lengths):
+    if len(texts) == 0 or len(texts) != len(lengths):
+        raise ValueError(f"need one length per text, got {len(texts)} texts and {len(lengths)} lengths")
+    for text, n in zip(texts, lengths):
+        if not text or not text.strip():
+            raise ValueError("empty text: describe the motion, e.g. --text \"a person jumps\"")
+        if not 1 <= n <= MAX_MOTION_LENGTH:
+            raise ValueError(f"length {n} frames for {text!r} is outside 1..{MAX_MOTION_LENGTH}: the model was "
+                             f"trained on windows of at most {MAX_MOTION_LENGTH} frames (9.8 s at 20 fps)")
+
+
+def _slug(text, width=40):
+    return re.sub(r"[^a-z0-9]+", "_", text.lower()).strip("_")[:width] or "sample"
+
+
+def read_prompts(path):
+    """Lines `text#frames` (frames optional) -> (texts, lengths or None per line)."""
+    texts, lengths = [], []
+    for number, line in enumerate(Path(path).read_text().splitlines(), 1):
+        if not line.strip():
+            continue
+        text, _, frames = line.partition("#")
+        if frames.strip() and not frames.strip().isdigit():
+            raise ValueError(f"{path}:{number}: expected `text#frames` with an integer frame count, got {line!r}")
+        texts.append(text.strip())
+        lengths.append(int(frames) if frames.strip() else None)
+    if not texts:
+        raise ValueError(f"{path} holds no prompts; write one `text#frames` per line")
+    return texts, lengths
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--checkpoint", required=True, help="final.pt written by train.py")
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--text", help="one description, e.g. \"a person jumps\"")
+    src.add_argument("--text-file", help="one `text#frames` per line")
+    p.add_argument("--seconds", type=float, default=None, help="duration for --text (or lines without #frames); default 6 s")
+    p.add_argument("--num-samples", type=int, default=1, help="samples per text, each with its own seed")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--guidance", type=float, default=2.5, help="classifier-free guidance scale omega (Eq. 3; paper 2.5)")
+    p.add_argument("--steps", type=int, default=10, help="sampler steps (paper 10)")
+    p.add_argument("--sampler", default="sde-dpmsolver++", choices=SAMPLERS,
+                   help="DPM-Solver++ 2M stochastic (the backbone's) or deterministic; ddpm = 1000-step reference")
+    p.add_argument("--no-karras", action="store_true", help="uniform instead of Karras time steps")
+    p.add_argument("--out", default="samples", help="output folder")
+    p.add_argument("--device", default=None)
+    args = p.parse_args(argv)
+
+    try:
+        model = load_model(args.checkpoint, args.device)
+    except (FileNotFoundError, ValueError) as error:
+        p.error(str(error))
+    fps = SKELETONS[model.kind].fps
+    default_frames = round((args.seconds or 6.0) * fps)
+    if args.text is not None:
+        texts, lengths = [args.text], [default_frames]
+    else:
+        texts, lengths = read_prompts(args.text_file)
+        lengths = [n if n is not None else default_frames for n in lengths]
+    try:
+        _check_request(texts, lengths)
+    except ValueError as error:
+        p.error(str(error))
+    written = model.write(texts, lengths, args.out, num_samples=args.num_samples, seed=args.seed,
+                          guidance=args.guidance, steps=args.steps, sampler=args.sampler, karras=not args.no_karras)
+    for name in written:
+        print(f"wrote {name}.npy (features), {name.name}_joints.npy, {name.name}.gif, {name.name}.png")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,1896 @@
+"""
+The LUMA test suite: a specification of every component, runnable on a CPU in minutes.
+
+    python -m pytest -q test_all.py
+
+Sections follow the components (data, synthetic, moclip, unet, anchors + diffusion, train + sample). Reference
+implementations (scipy's DCT and Gaussian filter, diffusers' DPM-Solver++ and DDPM) are test-only dependencies; a test
+that needs one says so in its skip reason when it is missing. Golden data comes from ../shared/reference/.
+"""
+
+import csv
+import json
+import math
+import random
+import re
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+import data
+import moclip
+import sample
+import synthetic
+import train
+from anchors import (AnchorWeighting, DualAnchor, FiLM, cosine_anchor_weight, dct, dct_matrix, dual_anchor_loss,
+    frequency_anchor_loss, idct, lowfreq_dct, temporal_anchor_loss)
+from diffusion import (alphas_cumprod, ddpm_sample, dpm_solver_pp, dpm_solver_schedule, guided_x0, linear_betas,
+    masked_mse, q_sample)
+from moclip import (MoCLIP, contrastive_loss, load_moclip, moclip_from_state, moclip_state, retrieval_eval, set_stage,
+    topk_accuracy)
+from unet import ANCHOR_BLOCKS, FrameGroupNorm, PRESETS, UNet, timestep_embedding
+
+# The repository sits beside shared/ (reference data and specs), in CI as on a developer machine.
+SHARED = Path(__file__).resolve().parent.parent / "shared"
+
+
+# =====================================================================================================================
+# data.py: the HumanML3D representation, the dataset loader, stick-figure rendering
+# =====================================================================================================================
+
+REF = SHARED / "reference" / "humanml3d"
+
+
+def _axis_angle_quat(axis, angle):
+    """(w, x, y, z) quaternions for a fixed unit axis and angles (...,)."""
+    axis = np.asarray(axis, dtype=np.float64) / np.linalg.norm(axis)
+    angle = np.asarray(angle, dtype=np.float64)
+    return np.concatenate([np.cos(angle / 2)[..., None], np.sin(angle / 2)[..., None] * axis], axis=-1)
+
+
+def _fk_motion(kind="t2m", T=60, seed=0, yaw_total=0.6, amplitude=0.35, bone_scale=1.0):
+    """A smooth forward-kinematics motion on the skeleton's target bone lengths (t2m) / unit-ish lengths (kit).
+
+    Frame 0 is the rest pose (every local rotation identity, zero yaw) with the root at the XZ origin, and the
+    whole motion is lifted so its lowest joint touches the floor: i.e. already in HumanML3D's canonical frame.
+    """
+    skel = data.SKELETONS[kind]
+    rng = np.random.default_rng(seed)
+    J = skel.num_joints
+    if skel.bone_lengths is not None:
+        lengths = np.array(skel.bone_lengths) * bone_scale
+    else:  # kit: mm-like units; hips narrower than shoulders, else KIT's (buggy) IK 'across' vector vanishes
+        lengths = np.random.default_rng(100).uniform(80.0, 300.0, size=J) * bone_scale
+        lengths[[11, 16]] = 70.0
+    lengths[0] = 0.0
+    offsets = lengths[:, None] * np.asarray(skel.raw_offsets, dtype=np.float64)
+    s = np.linspace(0.0, 1.0, T)
+    quat = np.zeros((T, J, 4))
+    quat[..., 0] = 1.0
+    for j in range(1, J):
+        axis = rng.normal(size=3)
+        freq, phase = rng.uniform(0.5, 2.0), rng.uniform(0, 2 * np.pi)
+        quat[:, j] = _axis_angle_quat(axis, amplitude * (np.sin(2 * np.pi * freq * s + phase) - np.sin(phase)))
+    quat[:, 0] = _axis_angle_quat([0, 1, 0], yaw_total * s ** 2)        # root yaw, 0 at frame 0
+    if kind == "kit":  # the KIT rest pose faces -Z under KIT's face joints; turn it to face +Z
+        quat[:, 0] = data.qmul(_axis_angle_quat([0, 1, 0], np.pi), quat[:, 0])
+    root = np.stack([0.4 * np.sin(2.0 * s), 1.0 + 0.03 * np.sin(6 * s), 1.2 * s], -1) * lengths[1:].sum() / 5.0
+    root -= root[0] * np.array([1.0, 0.0, 1.0])
+    joints = np.zeros((T, J, 3))
+    joints[:, 0] = root
+    for chain in skel.kinematic_chain:
+        r = quat[:, 0]
+        for a, b in zip(chain[:-1], chain[1:]):
+            r = data.qmul(r, quat[:, b])
+            joints[:, b] = joints[:, a] + data.qrot(r, np.broadcast_to(offsets[b], (T, 3)))
+    joints[..., 1] -= joints[..., 1].min()
+    return joints
+
+
+# =============================================================================
+# data.py — skeletons and quaternions
+# =============================================================================
+
+def test_skeleton_constants_are_consistent():
+    for kind, (J, D, fps) in {"t2m": (22, 263, 20.0), "kit": (21, 251, 12.5)}.items():
+        skel = data.SKELETONS[kind]
+        assert (skel.num_joints, skel.feature_dim, skel.fps) == (J, D, fps)
+        assert D == 1 + 2 + 1 + 3 * (J - 1) + 6 * (J - 1) + 3 * J + 4                  # spec A.4
+        assert len(skel.parents) == len(skel.raw_offsets) == J
+        assert sorted({j for c in skel.kinematic_chain for j in c}) == list(range(J))
+        assert sorted(skel.left_joints + skel.right_joints + tuple(
+            j for j in range(J) if j not in skel.left_joints + skel.right_joints)) == list(range(J))
+    t2m = data.SKELETONS["t2m"]
+    assert t2m.parents == (-1, 0, 0, 0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 9, 9, 12, 13, 14, 16, 17, 18, 19)
+    assert data.SKELETONS["kit"].parents == (-1, 0, 1, 2, 3, 3, 5, 6, 3, 8, 9, 0, 11, 12, 13, 14, 0, 16, 17, 18, 19)
+    # the reference clip carries exactly the target bone lengths (spec A.2)
+    joints = np.load(REF / "new_joints_000000.npy")
+    lengths = [np.linalg.norm(joints[:, j] - joints[:, p], axis=-1) for j, p in enumerate(t2m.parents) if p >= 0]
+    np.testing.assert_allclose(np.stack(lengths, -1), np.broadcast_to(t2m.bone_lengths[1:], (len(joints), 21)),
+                               atol=2e-6)
+
+
+def test_quaternion_helpers_match_rotation_matrices():
+    rng = np.random.default_rng(0)
+    q = rng.normal(size=(50, 4))
+    q /= np.linalg.norm(q, axis=-1, keepdims=True)
+    r = rng.normal(size=(50, 4))
+    r /= np.linalg.norm(r, axis=-1, keepdims=True)
+    v = rng.normal(size=(50, 3))
+    mq, mr = data.quat_to_matrix(q), data.quat_to_matrix(r)
+    np.testing.assert_allclose(data.qrot(q, v), np.einsum("nij,nj->ni", mq, v), atol=1e-12)
+    np.testing.assert_allclose(data.quat_to_matrix(data.qmul(q, r)), mq @ mr, atol=1e-12)     # Hamilton order
+    np.testing.assert_allclose(data.qrot(data.qinv(q), data.qrot(q, v)), v, atol=1e-12)
+    np.testing.assert_allclose(data.cont6d_to_matrix(data.quat_to_cont6d(q)), mq, atol=1e-12)
+    a, b = rng.normal(size=(50, 3)), rng.normal(size=(50, 3))
+    qb = data.qbetween(a, b)
+    assert (qb[:, 0] >= 0).all()
+    np.testing.assert_allclose(data.qrot(qb, a / np.linalg.norm(a, axis=-1, keepdims=True)),
+                               b / np.linalg.norm(b, axis=-1, keepdims=True), atol=1e-12)
+    qt = data.qrot(torch.from_numpy(q), torch.from_numpy(v)).numpy()                           # torch path
+    np.testing.assert_allclose(qt, data.qrot(q, v), atol=1e-12)
+
+
+def test_gaussian_filter_matches_scipy():
+    ndimage = pytest.importorskip("scipy.ndimage")
+    rng = np.random.default_rng(1)
+    for T, sigma in [(200, 20.0), (40, 20.0), (7, 20.0), (100, 3.3), (1, 2.0)]:   # T shorter than the radius too
+        x = rng.normal(size=(T, 3)).cumsum(0)
+        ours = data.gaussian_filter1d(x, sigma, axis=0)
+        ref = ndimage.gaussian_filter1d(x, sigma, axis=0, mode="nearest")
+        np.testing.assert_allclose(ours, ref, atol=1e-12)
+    x = rng.normal(size=(3, 50))
+    np.testing.assert_allclose(data.gaussian_filter1d(x, 4.0, axis=1),
+                               ndimage.gaussian_filter1d(x, 4.0, axis=1, mode="nearest"), atol=1e-12)
+
+
+# =============================================================================
+# data.py — positions <-> features (golden files and round trips)
+# =============================================================================
+
+def test_features_to_joints_golden():
+    vecs = np.load(REF / "new_joint_vecs_000000.npy")
+    joints = np.load(REF / "new_joints_000000.npy")
+    ours = data.features_to_joints(vecs)
+    assert ours.shape == joints.shape == (116, 22, 3)
+    assert np.abs(ours - joints).max() < 1e-5
+    ours_t = data.features_to_joints(torch.from_numpy(vecs).float())
+    assert isinstance(ours_t, torch.Tensor) and ours_t.dtype == torch.float32
+    assert (ours_t.numpy() - joints).__abs__().max() < 1e-5
+
+
+def test_joints_to_features_golden():
+    vecs = np.load(REF / "new_joint_vecs_000000.npy")     # made from the 117-frame source clip
+    joints = np.load(REF / "new_joints_000000.npy")       # 116 frames -> 115 feature rows
+    ours = data.joints_to_features(joints)
+    assert ours.shape == (115, 263) and ours.dtype == np.float32
+    assert np.abs(ours[:80] - vecs[:80]).max() < 1e-4
+    # later rows drift by design: one frame fewer changes the sigma=20 heading smoothing near the end
+    assert np.abs(ours[-1] - vecs[114]).max() > 1e-5
+    np.testing.assert_array_equal(ours[:, -4:], vecs[:115, -4:])             # foot contacts exactly, all rows
+    assert set(np.unique(ours[:, -4:])) <= {0.0, 1.0}
+
+
+def test_round_trip_on_canonical_fk_motions():
+    # joints -> features -> joints is exact only for motions already on the target skeleton, on the floor, with
+    # the root at the XZ origin and facing +Z at frame 0 (everything else is canonicalised away): build such ones.
+    for kind, seed in [("t2m", 0), ("t2m", 1), ("kit", 2)]:
+        joints = _fk_motion(kind, T=70, seed=seed)
+        feats = data.joints_to_features(joints, kind)
+        assert feats.shape == (69, data.SKELETONS[kind].feature_dim)
+        back = data.features_to_joints(feats.astype(np.float64), kind)
+        scale = 1.0 if kind == "t2m" else 1e-3      # kit units are mm-like
+        assert np.abs(back - joints[:-1]).max() * scale < 1e-5, kind
+    # and on the reference clip itself (already canonical): reproduces its own positions
+    ref = np.load(REF / "new_joints_000000.npy").astype(np.float64)
+    back = data.features_to_joints(data.joints_to_features(ref).astype(np.float64))
+    assert np.abs(back - ref[:-1]).max() < 1e-5
+
+
+def test_features_are_invariant_to_placement_heading_and_body_size():
+    joints = _fk_motion("t2m", T=50, seed=3)
+    feats = data.joints_to_features(joints)
+    yaw = data.quat_to_matrix(_axis_angle_quat([0, 1, 0], 2.0))
+    moved = joints @ yaw.T + np.array([3.0, 0.7, -2.0])         # turned, lifted off the floor, moved away
+    np.testing.assert_allclose(data.joints_to_features(moved), feats, atol=2e-5)
+    bigger = _fk_motion("t2m", T=50, seed=3, bone_scale=1.3)    # retargeted to the target bone lengths (A.5.1)
+    np.testing.assert_allclose(data.joints_to_features(bigger), feats, atol=2e-5)
+
+
+def test_heading_wrap_quirk_is_reproduced():
+    # HumanML3D issue #156: arcsin of the heading-change quaternion's y without a w >= 0 check flips the sign of
+    # r^a on the frame where the heading passes +-180 degrees. The released data has it, so do we.
+    joints = _fk_motion("t2m", T=80, seed=4, yaw_total=4.5, amplitude=0.05)
+    ra = data.joints_to_features(joints)[:, 0]
+    signs = np.sign(ra[1:])                 # a steady turn: every row has the same sign but one
+    minority = min((signs < 0).sum(), (signs > 0).sum())
+    assert minority == 1 and (signs != 0).all()
+
+
+def test_features_to_joints_torch_numpy_and_batched_agree():
+    vecs = np.load(REF / "new_joint_vecs_000000.npy").astype(np.float32)
+    batch = np.stack([vecs[:100], vecs[10:110], vecs[16:116]])[None]          # (1, 3, 100, 263)
+    out_np = data.features_to_joints(batch)
+    assert out_np.shape == (1, 3, 100, 22, 3) and out_np.dtype == np.float32
+    for i, start in enumerate([0, 10, 16]):
+        np.testing.assert_allclose(out_np[0, i], data.features_to_joints(vecs[start:start + 100]), atol=1e-6)
+    out_t = data.features_to_joints(torch.from_numpy(batch))
+    np.testing.assert_allclose(out_t.numpy(), out_np, atol=1e-5)
+    with pytest.raises(ValueError, match="expects last dim 263"):
+        data.features_to_joints(vecs[:, :251])
+
+
+def test_joints_to_features_rejects_bad_input():
+    with pytest.raises(ValueError, match=r"\(T >= 2, J >= 22, 3\)"):
+        data.joints_to_features(np.zeros((10, 21, 3)))
+    bad = _fk_motion("t2m", T=10)
+    bad[3, 4, 1] = np.nan
+    with pytest.raises(ValueError, match="NaN"):
+        data.joints_to_features(bad)
+    with pytest.raises(ValueError, match="unknown skeleton kind"):
+        data.joints_to_features(_fk_motion("t2m", T=10), kind="smpl")
+    # extra joints (e.g. SMPL-H's 52) are ignored, as HumanML3D does with [:, :22]
+    j = _fk_motion("t2m", T=20)
+    extra = np.concatenate([j, np.random.default_rng(0).normal(size=(20, 30, 3))], axis=1)
+    np.testing.assert_array_equal(data.joints_to_features(extra), data.joints_to_features(j))
+
+
+# =============================================================================
+# data.py — mirroring and statistics
+# =============================================================================
+
+def test_mirror_joints_swaps_sides_and_mirrors_features():
+    joints = np.load(REF / "new_joints_000000.npy").astype(np.float64)
+    mirrored = data.mirror_joints(joints)
+    np.testing.assert_array_equal(data.mirror_joints(mirrored), joints)                  # an involution
+    np.testing.assert_array_equal(mirrored[:, 7, 0], -joints[:, 8, 0])                   # L ankle <- R ankle
+    np.testing.assert_array_equal(mirrored[:, 0], joints[:, 0] * np.array([-1, 1, 1]))   # root: only x flips
+    # Features of the mirror are the mirrored features only approximately: the target skeleton is not symmetric
+    # (left hip 0.1031 m, right hip 0.1099 m), so retargeting the swapped sides moves joints by up to ~1 cm.
+    f, fm = data.joints_to_features(joints), data.joints_to_features(mirrored)
+    assert np.corrcoef(fm[:, 0], -f[:, 0])[0, 1] > 0.99                # yaw velocity flips
+    np.testing.assert_allclose(fm[:, 0], -f[:, 0], atol=1e-2)
+    np.testing.assert_allclose(fm[:, 1], -f[:, 1], atol=1e-3)          # sideways velocity flips
+    np.testing.assert_allclose(fm[:, 2:4], f[:, 2:4], atol=5e-3)       # forward velocity, height stay
+    assert (fm[:, -4:] == f[:, [-2, -1, -4, -3]]).mean() > 0.95        # left and right foot contacts swap
+    back = data.features_to_joints(fm.astype(np.float64))
+    np.testing.assert_allclose(data.mirror_joints(back), joints[:-1], atol=2e-2)
+    mt = data.mirror_joints(torch.from_numpy(joints))
+    np.testing.assert_array_equal(mt.numpy(), mirrored)
+
+
+def test_mirror_caption():
+    line = ("a man kicks with his left leg, then turns clockwise.#a/DET man/NOUN kick/VERB with/ADP his/DET "
+            "left/ADJ leg/NOUN then/ADV turn/VERB clockwise/ADV#0.0#0.0")
+    out = data.mirror_caption(line)
+    assert out.startswith("a man kicks with his right leg, then turns counterclockwise.#")
+    assert "right/ADJ" in out and "counterclockwise/ADV" in out
+    assert data.mirror_caption(out) == line
+    assert data.mirror_caption("Left hand up, RIGHT foot out") == "Right hand up, LEFT foot out"
+    assert data.mirror_caption("spins counter-clockwise, then anticlockwise") == "spins clockwise, then clockwise"
+    assert data.mirror_caption("moves leftwards over the leftover box") == "moves rightwards over the leftover box"
+
+
+def test_reference_mean_std_are_block_constant():
+    mean, std = np.load(REF / "Mean.npy"), np.load(REF / "Std.npy")
+    blocks = data.feature_blocks("t2m")
+    assert [(b.start, b.stop) for b in blocks] == [(0, 1), (1, 3), (3, 4), (4, 67), (67, 193), (193, 259),
+                                                    (259, 263)]
+    expected = [0.0128256, 0.0169271, 0.153766, 0.122244, 0.299692, 0.0194703, 0.355933]      # spec A.7
+    for block, value in zip(blocks, expected):
+        assert np.ptp(std[block]) == 0.0
+        assert abs(std[block][0] - value) < 1e-6
+    np.testing.assert_allclose(mean[:4], [-1e-5, -2e-5, 0.00868, 0.93855], atol=1e-5)
+    assert data.feature_blocks("kit")[-1] == slice(247, 251) and data.feature_blocks("kit")[3] == slice(4, 64)
+
+
+def test_mean_std_block_averages_and_skips_nan():
+    rng = np.random.default_rng(0)
+    arrays = [rng.normal(size=(n, 263)) * np.linspace(0.1, 3, 263) for n in (50, 70)]
+    mean, std = data.mean_std(arrays + [np.full((10, 263), np.nan)])
+    x = np.concatenate(arrays)
+    assert mean.dtype == std.dtype == np.float32
+    np.testing.assert_allclose(mean, x.mean(0), atol=1e-6)
+    for block in data.feature_blocks("t2m"):
+        np.testing.assert_allclose(std[block], x.std(0)[block].mean(), rtol=1e-6)
+    with pytest.raises(ValueError, match="no finite"):
+        data.mean_std([np.full((5, 263), np.nan)])
+    with pytest.warns(UserWarning, match="zero std"):
+        _, std = data.mean_std([np.zeros((5, 263))])
+    assert (std == 1).all()
+
+
+# =============================================================================
+# data.py — MotionDataset over the real HumanML3D layout
+# =============================================================================
+
+REF_TEXT = (REF / "texts_000000.txt").read_text()
+
+
+def _write_motion(root, name, T, D=263, seed=0):
+    x = np.random.default_rng(seed).normal(size=(T, D)).astype(np.float32)
+    np.save(root / "new_joint_vecs" / f"{name}.npy", x)
+    return x
+
+
+def _make_dataset(root, kind="t2m"):
+    """A small real-layout dataset with every case the loader must handle. Returns the raw motions."""
+    D = data.SKELETONS[kind].feature_dim
+    (root / "new_joint_vecs").mkdir(parents=True)
+    (root / "texts").mkdir()
+    motions = {
+        "000000": _write_motion(root, "000000", 120, D, 0),   # the reference captions, whole clip
+        "M000000": _write_motion(root, "M000000", 120, D, 1),  # its mirror, mirrored captions
+        "000001": _write_motion(root, "000001", 199, D, 2),   # a sub-clip, a NaN-tagged and a whole caption
+        "000002": _write_motion(root, "000002", 150, D, 3),   # only sub-clip captions: no whole-motion sample
+        "000003": _write_motion(root, "000003", 60, D, 4),    # malformed lines around one good one
+        "000007": _write_motion(root, "000007", 250, D, 5),   # too long (>= 200)
+        "000008": _write_motion(root, "000008", 30, D, 6),    # too short for t2m (< 40), fine for kit (>= 24)
+    }
+    nan = np.ones((80, D), np.float32)
+    nan[5, 7] = np.nan
+    np.save(root / "new_joint_vecs" / "000004.npy", nan)                         # NaN motion
+    np.save(root / "new_joint_vecs" / "000005.npy", np.ones((80, D - 12), np.float32))  # wrong width
+    texts = {
+        "000000": REF_TEXT,
+        "M000000": data.mirror_caption(REF_TEXT),
+        "000001": "a person jumps.#a/DET person/NOUN jump/VERB#1.0#4.0\n"
+                  "a person walks forward.#a/DET person/NOUN walk/VERB forward/ADV#nan#nan\n"
+                  "someone moves.#someone/PRON move/VERB#0.0#0.0\n",
+        "000002": "a person waves.#a/DET person/NOUN wave/VERB#0.5#5.0\n"
+                  "too short a piece.#too/ADV short/ADJ a/DET piece/NOUN#0.0#1.0\n",
+        "000003": "just a caption without tags\n\n"
+                  "a person sits.#a/DET person/NOUN sit/VERB#0.0#0.0\n"
+                  "bad tags#bad/ADJ tag/NOUN#zero#0.0\n",
+        "000004": "nan motion.#nan/NOUN#0.0#0.0\n", "000005": "wide motion.#wide/ADJ#0.0#0.0\n",
+        "000007": "long.#long/ADJ#0.0#0.0\n", "000008": "short.#short/ADJ#0.0#0.0\n",
+    }
+    for name, text in texts.items():
+        (root / "texts" / f"{name}.txt").write_text(text)
+    ids = ["000000", "M000000", "000001", "000002", "000003", "000004", "000005", "000006", "000007", "000008"]
+    (root / "train.txt").write_text("\n".join(ids) + "\n")
+    (root / "test.txt").write_text("000000\nM000000\n000001\n")
+    (root / "val.txt").write_text("000006\n000004\n")
+    mean, std = data.mean_std([m for m in motions.values()], kind)
+    np.save(root / "Mean.npy", mean)
+    np.save(root / "Std.npy", std)
+    return motions
+
+
+@pytest.fixture
+def dataset_root(tmp_path):
+    root = tmp_path / "HumanML3D"
+    return root, _make_dataset(root)
+
+
+def _load_with_warnings(*args, **kwargs):
+    with pytest.warns(UserWarning) as record:
+        ds = data.MotionDataset(*args, **kwargs)
+    return ds, [str(w.message) for w in record]
+
+
+def test_reference_text_file_parses():
+    lines = [data._parse_text_line(line) for line in REF_TEXT.splitlines()]
+    assert len(lines) == 4 and all(line is not None for line in lines)
+    caption, tokens, start, end = lines[0]
+    assert caption == "a man kicks something or someone with his left leg."
+    assert tokens[:3] == ["a/DET", "man/NOUN", "kick/VERB"] and tokens[-1] == "leg/NOUN"
+    assert (start, end) == (0.0, 0.0)
+    assert data._parse_text_line("a b#a/DET#nan#NaN")[2:] == (0.0, 0.0)        # NaN tags read as 0
+    assert data._parse_text_line("no tags at all") is None
+    assert data._parse_text_line("x#y#1.0") is None
+
+
+def test_dataset_samples_subclips_and_reports_bad_input(dataset_root):
+    root, motions = dataset_root
+    ds, messages = _load_with_warnings(root, split="train")
+    # whole-motion samples, sub-clips as their own samples, no whole sample for 000002 (no (0, 0) caption)
+    assert sorted(ds.names) == sorted(["000000", "M000000", "A_000001", "000001", "A_000002", "000003"])
+    by_name = {item["name"]: item for item in ds.items}
+    assert len(by_name["000000"]["texts"]) == 4
+    assert [c for c, _ in by_name["M000000"]["texts"]][0] == "a man kicks something or someone with his right leg."
+    np.testing.assert_array_equal(by_name["A_000001"]["motion"], motions["000001"][20:80])   # 1.0 s .. 4.0 s
+    assert [c for c, _ in by_name["A_000001"]["texts"]] == ["a person jumps."]
+    assert [c for c, _ in by_name["000001"]["texts"]] == ["a person walks forward.", "someone moves."]  # NaN tags
+    assert len(by_name["A_000002"]["motion"]) == 90                                        # 0.5 s .. 5.0 s
+    assert ds.skipped == {"missing": 1, "nan": 1, "bad_shape": 1, "length": 2, "no_caption": 0,
+                          "malformed_lines": 2}
+    # each bad input has its message, naming the file and line / the ids
+    assert any(re.search(r"malformed text line skipped.*000003\.txt:1: 'just a caption without tags'", m)
+               for m in messages)
+    assert any(re.search(r"000003\.txt:4: 'bad tags#bad/ADJ tag/NOUN#zero#0.0'", m) for m in messages)
+    bad = [m for m in messages if m.startswith("skipped 2 motions")]
+    assert len(bad) == 1 and "1 with NaN/inf values" in bad[0] and "000004" in bad[0]
+    assert "1 with the wrong shape" in bad[0] and "000005 (80, 251)" in bad[0]
+    assert any(re.search(r"1 of 10 ids listed in .*train\.txt are missing on disk.*e\.g\. 000006", m)
+               for m in messages)
+    assert len(messages) == 4
+
+
+def test_dataset_train_mode_items(dataset_root):
+    root, motions = dataset_root
+    ds, _ = _load_with_warnings(root, split="train")
+    raw_mean, raw_std = np.load(root / "Mean.npy"), np.load(root / "Std.npy")
+    np.testing.assert_allclose(ds.std[0:4], raw_std[0:4] / 5.0)           # feat_bias tweak
+    np.testing.assert_allclose(ds.std[-4:], raw_std[-4:] / 5.0)
+    np.testing.assert_array_equal(ds.std[4:-4], raw_std[4:-4])
+    np.testing.assert_array_equal(ds.mean, raw_mean)
+    random.seed(0)
+    i = ds.names.index("000001")                                          # 199 frames: a random 196 window
+    starts = set()
+    for _ in range(20):
+        caption, motion, length = ds[i]
+        assert motion.shape == (196, 263) and motion.dtype == np.float32 and length == 196
+        raw = ds.denormalise(motion)
+        start = int(np.argmin(np.abs(motions["000001"][:4, 0] - raw[0, 0])))
+        np.testing.assert_allclose(raw, motions["000001"][start:start + 196], atol=1e-5)
+        starts.add(start)
+    assert len(starts) > 1
+    i = ds.names.index("000000")                                          # 120 frames: zero padded
+    captions = set()
+    for _ in range(30):
+        caption, motion, length = ds[i]
+        captions.add(caption)
+        assert length == 120 and (motion[120:] == 0).all()
+        np.testing.assert_allclose(ds.denormalise(motion[:120]), motions["000000"], atol=1e-5)
+    assert captions == {line.split("#")[0] for line in REF_TEXT.splitlines()}   # one random caption per draw
+    xt = torch.from_numpy(motion)
+    np.testing.assert_allclose(ds.normalise(ds.denormalise(xt)).numpy(), motion, atol=1e-4)
+    batch = next(iter(torch.utils.data.DataLoader(ds, batch_size=3)))
+    assert batch[1].shape == (3, 196, 263) and len(batch[0]) == 3
+
+
+def test_dataset_eval_mode_crop_tokens_and_stats(dataset_root):
+    root, motions = dataset_root
+    eval_mean, eval_std = np.zeros(263, np.float32), np.full(263, 2.0, np.float32)
+    ds, _ = _load_with_warnings(root, split="train", mode="eval", eval_mean=eval_mean, eval_std=eval_std)
+    random.seed(0)
+    i = ds.names.index("000001")                                          # 199 frames -> 196 or 192
+    lengths = set()
+    for _ in range(40):
+        caption, tokens, motion, m_len = ds[i]
+        lengths.add(m_len)
+        assert motion.shape == (196, 263) and (motion[m_len:] == 0).all()
+        window = motion[:m_len] * 2.0
+        start = int(np.argmin(np.abs(motions["000001"][:8, 0] - window[0, 0])))
+        np.testing.assert_allclose(window, motions["000001"][start:start + m_len], atol=1e-6)
+        assert len(tokens) == 22 and tokens[0] == "sos/OTHER"
+        words = caption.rstrip(".").split()
+        assert tokens[len(words) + 1] == "eos/OTHER" and set(tokens[len(words) + 2:]) <= {"unk/OTHER"}
+    assert lengths == {196, 192}
+    assert data._evaluator_tokens(["w/NOUN"] * 25) == ["sos/OTHER"] + ["w/NOUN"] * 20 + ["eos/OTHER"]
+    # without evaluator stats, eval mode falls back to the training normalisation
+    ds2, _ = _load_with_warnings(root, split="train", mode="eval")
+    np.testing.assert_array_equal(ds2.eval_std, ds2.std)
+    loader = torch.utils.data.DataLoader(ds, batch_size=4, collate_fn=data.collate_eval)
+    captions, tokens, motion, m_lens, sent_lens = next(iter(loader))
+    assert motion.shape == (4, 196, 263) and (m_lens % 4 == 0).all()
+    assert (sent_lens[:-1] >= sent_lens[1:]).all() and len(tokens[0]) == 22
+    with pytest.raises(ValueError, match=r"eval_std has shape \(7,\), expected \(263,\): 263 for HumanML3D"):
+        data.MotionDataset(root, split="test", mode="eval", eval_mean=eval_mean, eval_std=np.ones(7))
+
+
+def test_dataset_kit_length_filter(tmp_path):
+    root = tmp_path / "KIT-ML"
+    _make_dataset(root, kind="kit")
+    ds, _ = _load_with_warnings(root, split="train", kind="kit")
+    assert "000008" in ds.names                                           # 30 frames >= 24 is kept for KIT
+    assert ds[0][1].shape == (196, 251)
+
+
+def test_dataset_layout_errors(tmp_path, dataset_root):
+    root, _ = dataset_root
+    with pytest.raises(FileNotFoundError, match=r"(?s)dataset root not found.*new_joint_vecs/<id>\.npy.*"
+                                                r"HumanML3D must be built from AMASS.*--dataset synthetic"):
+        data.MotionDataset(tmp_path / "nowhere")
+    (root / "texts").rename(root / "texts_zipped")
+    with pytest.raises(FileNotFoundError, match=r"(?s)sub-folder texts/ not found.*found in .*texts_zipped/"):
+        data.MotionDataset(root)
+    (root / "texts_zipped").rename(root / "texts")
+    with pytest.raises(FileNotFoundError, match=r"split file for split='train_val' not found"):
+        data.MotionDataset(root, split="train_val")
+    with pytest.raises(ValueError, match="unknown skeleton kind"):
+        data.MotionDataset(root, kind="smplx")
+    with pytest.raises(ValueError, match="Mean.npy has shape"):
+        data.MotionDataset(root, kind="kit")
+    with pytest.warns(UserWarning) as record:
+        with pytest.raises(ValueError, match=r"no samples left in .* split 'val'.*1 missing on disk, 1 bad"):
+            data.MotionDataset(root, split="val")
+    messages = [str(w.message) for w in record]
+    assert any("missing on disk" in m for m in messages) and any("NaN/inf" in m for m in messages)
+
+
+# =============================================================================
+# data.py — stick-figure rendering
+# =============================================================================
+
+def test_render_animation_writes_gif_with_all_frames(tmp_path):
+    Image = pytest.importorskip("PIL.Image")
+    joints = np.load(REF / "new_joints_000000.npy")[:30]
+    path = data.render_animation(joints, tmp_path / "out" / "kick.gif", title="a man kicks with his left leg.",
+                                 stride=3)
+    with Image.open(path) as gif:
+        assert gif.n_frames == 10 and gif.size == (240, 240)
+        assert gif.info["duration"] == 150                      # 20 fps / stride 3
+    path = data.render_animation(torch.from_numpy(joints[:4]), tmp_path / "t.gif")   # torch input, no title
+    with Image.open(path) as gif:
+        assert gif.n_frames == 4
+
+
+def test_render_filmstrip_writes_png(tmp_path):
+    Image = pytest.importorskip("PIL.Image")
+    joints = np.load(REF / "new_joints_000000.npy")
+    path = data.render_filmstrip(joints, tmp_path / "kick.png", title="a man kicks with his left leg.",
+                                 num_frames=4, dpi=50)
+    with Image.open(path) as png:
+        assert png.format == "PNG" and png.size == (320, 115)   # (1.6 in * 4 frames, 2.3 in) at 50 dpi
+        pixels = np.asarray(png.convert("RGB")).reshape(-1, 3).astype(int)
+    red = ((pixels[:, 0] > 150) & (pixels[:, 1] < 90) & (pixels[:, 2] < 90)).sum()
+    blue = ((pixels[:, 2] > 150) & (pixels[:, 0] < 90)).sum()
+    assert red > 50 and blue > 50                                 # both body sides drawn, in distinct colours
+    kit = _fk_motion("kit", T=20)
+    with Image.open(data.render_filmstrip(kit, tmp_path / "kit.png", kind="kit", num_frames=2, dpi=40)) as png:
+        assert png.size == (128, 92)
+
+
+def test_render_errors(tmp_path, monkeypatch):
+    joints = np.load(REF / "new_joints_000000.npy")[:5]
+    with pytest.raises(ValueError, match=r"\.gif or \.mp4"):
+        data.render_animation(joints, tmp_path / "x.avi")
+    with pytest.raises(ValueError, match=r"expects joints \(T, 22, 3\).*features_to_joints"):
+        data.render_filmstrip(np.zeros((5, 263)), tmp_path / "x.png")
+    monkeypatch.setattr(data.shutil, "which", lambda name: None)
+    with pytest.raises(FileNotFoundError, match="MP4 needs ffmpeg on PATH"):
+        data.render_animation(joints, tmp_path / "x.mp4")
+
+
+@pytest.mark.skipif(__import__("shutil").which("ffmpeg") is None, reason="ffmpeg not on PATH")
+def test_render_animation_mp4(tmp_path):
+    path = data.render_animation(np.load(REF / "new_joints_000000.npy")[:10], tmp_path / "kick.mp4", title="kick")
+    assert path.stat().st_size > 1000
+
+
+# =====================================================================================================================
+# synthetic.py: the built-in synthetic motion-language dataset
+# =====================================================================================================================
+
+REPO = Path(synthetic.__file__).resolve().parent
+SKEL = data.SKELETONS["t2m"]
+UD_TAGS = {"ADJ", "ADP", "ADV", "AUX", "CCONJ", "DET", "INTJ", "NOUN", "NUM", "PART", "PRON", "PROPN", "SCONJ",
+           "VERB"}
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory):
+    return synthetic.generate_dataset(tmp_path_factory.mktemp("synthetic") / "ds", num_motions=24, seed=3,
+                                      progress=False)
+
+
+def _motion(actions, seed=0):
+    joints, described = synthetic.make_motion(actions, np.random.default_rng(seed))
+    return joints, described
+
+
+def _facing(joints):
+    """Unit forward direction (T, 3) of a body from its hips (left = +X when facing +Z)."""
+    across = joints[:, 1] - joints[:, 2]                      # right hip -> left hip
+    forward = np.stack([-across[:, 2], 0 * across[:, 0], across[:, 0]], axis=-1)  # up x across, in x-z
+    return forward / np.linalg.norm(forward, axis=-1, keepdims=True)
+
+
+def _path_length(points):
+    return np.linalg.norm(np.diff(points, axis=0), axis=-1).sum()
+
+
+# ----------------------------------------------------------------------------- skeleton and forward kinematics
+
+
+def test_forward_kinematics_keeps_the_target_bone_lengths():
+    rng = np.random.default_rng(0)
+    T = 30
+    joints = synthetic.forward_kinematics(rng.uniform(-2, 2, (T, SKEL.num_joints, 3)), rng.uniform(-3, 3, T),
+                                          rng.normal(size=(T, 3)))
+    for j, p in enumerate(SKEL.parents):
+        if p >= 0:
+            np.testing.assert_allclose(np.linalg.norm(joints[:, j] - joints[:, p], axis=-1), SKEL.bone_lengths[j],
+                                       rtol=0, atol=1e-12)
+
+
+def test_rest_pose_is_an_upright_person_facing_plus_z():
+    joints = synthetic.forward_kinematics(np.zeros((1, SKEL.num_joints, 3)), np.zeros(1))[0]
+    assert joints[15, 1] > joints[12, 1] > joints[9, 1] > joints[0, 1] > joints[4, 1] > joints[7, 1]  # head up
+    assert joints[10, 2] > joints[7, 2] and joints[11, 2] > joints[8, 2]                           # toes forward
+    assert all(joints[left, 0] > 0 > joints[right, 0]                                              # left = +X
+               for left, right in zip(SKEL.left_joints, SKEL.right_joints))
+    np.testing.assert_allclose(_facing(joints[None])[0], [0, 0, 1], atol=1e-12)
+
+
+# ----------------------------------------------------------------------------- primitives and composition
+
+
+def test_at_least_12_distinct_primitives_each_a_plausible_motion():
+    assert len(synthetic.PRIMITIVES) >= 12
+    trajectories = []
+    for k, name in enumerate(synthetic.PRIMITIVES):
+        joints, described = _motion([(name, {})], seed=k)
+        assert described[0][0] == name
+        assert synthetic.MIN_FRAMES <= len(joints) <= synthetic.MAX_FRAMES, name
+        assert np.isfinite(joints).all()
+        np.testing.assert_allclose(joints[0, 0, [0, 2]], 0.0, atol=1e-12)        # starts at the origin
+        assert joints[..., 1].min() == pytest.approx(0.0, abs=1e-9), name          # on the floor, not below it
+        assert (joints[:, 15, 1] > joints[:, 0, 1] + 0.3).all(), name              # head stays above the pelvis
+        trajectories.append(joints[:40] - joints[:40, :1])
+    for a in range(len(trajectories)):
+        for b in range(a + 1, len(trajectories)):
+            assert np.abs(trajectories[a] - trajectories[b]).max() > 0.05, "two primitives move identically"
+
+
+def test_walk_forward_has_alternating_planted_feet_and_moves_forward():
+    joints, _ = _motion([("walk", {"direction": "forward", "speed": "normal", "steps": 6, "path": "straight"})])
+    feet = joints[:, [7, 10, 8, 11]]
+    assert (feet[..., 1].min(axis=1) < 0.01).all()                 # some foot on the floor in every frame
+    assert joints[-1, 0, 2] > 1.5 and abs(joints[-1, 0, 0]) < 0.2  # walked forward (+Z), roughly straight
+    contacts = data.joints_to_features(joints)[:, -4:]              # HumanML3D's foot contact labels
+    left_only = (contacts[:, 0] > 0) & (contacts[:, 2] == 0)
+    right_only = (contacts[:, 2] > 0) & (contacts[:, 0] == 0)
+    phases = [1 if left else 2 for left, right in zip(left_only, right_only) if left or right]
+    assert sum(a != b for a, b in zip(phases[:-1], phases[1:])) >= 4  # left, right, left, ... support
+    hand_l, ankle_l = joints[:, 20, 2] - joints[:, 0, 2], joints[:, 7, 2] - joints[:, 0, 2]
+    assert np.corrcoef(hand_l, ankle_l)[0, 1] < -0.5               # arms swing against the legs
+
+
+def test_turn_left_and_sidestep_left_go_to_the_persons_left():
+    joints, _ = _motion([("turn", {"direction": "left", "angle": 90})])
+    np.testing.assert_allclose(_facing(joints[-1:])[0], [1, 0, 0], atol=0.05)   # was facing +Z, left is +X
+    joints, _ = _motion([("sidestep", {"direction": "left", "steps": 3})])
+    assert joints[-1, 0, 0] > 0.4 and abs(joints[-1, 0, 2]) < 0.15
+
+
+def test_jump_leaves_the_floor_and_lands_where_it_started():
+    joints, _ = _motion([("jump", {"mode": "in_place", "count": 1, "height": "high"})])
+    feet_height = joints[:, [7, 10, 8, 11], 1].min(axis=1)
+    assert feet_height.max() > 0.1
+    assert np.linalg.norm(joints[-1, 0, [0, 2]]) < 0.1
+
+
+def test_composition_is_continuous_and_keeps_the_heading():
+    joints, described = _motion([("walk", {"direction": "forward", "steps": 4, "path": "straight"}),
+                                 ("turn", {"direction": "left", "angle": 90}), ("wave", {"side": "right"})])
+    assert [name for name, _ in described] == ["walk", "turn", "wave"]
+    step = np.linalg.norm(np.diff(joints, axis=0), axis=-1).max()
+    assert step < 0.3                                               # no jumps between actions (m per frame)
+    np.testing.assert_allclose(_facing(joints[-1:])[0], [1, 0, 0], atol=0.1)
+
+
+def test_heading_limit_is_enforced():
+    with pytest.raises(ValueError, match="165"):
+        _motion([("turn", {"direction": "left", "angle": 165}), ("turn", {"direction": "left", "angle": 90})])
+
+
+def test_generated_motions_round_trip_through_the_features():
+    # joints -> joints_to_features -> features_to_joints gives the same positions (issue 2 must-show)
+    rng = np.random.default_rng(7)
+    for _ in range(12):
+        joints, _ = synthetic.sample_motion(rng)
+        back = data.features_to_joints(data.joints_to_features(joints))
+        assert np.abs(back - joints[:-1]).max() < 1e-5
+
+
+def test_wave_right_hand_moves_the_right_wrist_and_its_mirror_the_left():
+    joints, described = _motion([("wave", {"side": "right"})])
+    right, left = _path_length(joints[:, 21]), _path_length(joints[:, 20])
+    assert right > 1.0 and right > 10 * left
+    mirrored = data.mirror_joints(joints)
+    assert _path_length(mirrored[:, 20]) > 10 * _path_length(mirrored[:, 21])
+    caption = synthetic._text_lines(described, np.random.default_rng(0))[0].split("#")[0]
+    mirror = synthetic._mirror_line(f"{caption}#x#0.0#0.0")
+    assert "right" in caption.split() and "left" not in caption.split()
+    assert "left" in mirror.split("#")[0].split() and "right" not in mirror.split("#")[0].split()
+    assert "left/ADJ" in mirror.split("#")[1]
+
+
+# ----------------------------------------------------------------------------- captions and lexicon
+
+
+def test_tokenize_reproduces_humanml3d_tokens():
+    lines = (SHARED / "reference" / "humanml3d" / "texts_000000.txt").read_text().splitlines()
+    for line in (lines[0], lines[2]):     # the lines whose words are all in our lexicon
+        caption, tokens, _, _ = line.split("#")
+        assert synthetic.tokenize(caption) == tokens
+    assert synthetic.tokenize("He takes 3 steps to the left, then turns left.") == \
+        "he/PRON take/VERB step/NOUN to/ADP the/DET left/NOUN then/ADV turn/VERB left/ADV"
+    with pytest.raises(ValueError, match="lexicon"):
+        synthetic.tokenize("a person moonwalks")
+
+
+def test_every_caption_template_is_in_the_lexicon_and_the_glove_vocabulary():
+    glove = set((SHARED / "reference" / "evaluator_meta" / "glove_vocab_words.txt").read_text().split())
+    rng = np.random.default_rng(1)
+    names = list(synthetic.PRIMITIVES)
+    for i in range(20 * len(names)):
+        name = names[i % len(names)]
+        _, params = synthetic.PRIMITIVES[name](rng)
+        for phrase in synthetic._phrases(name, params, rng, ("his", "her", "their")[i % 3]):
+            for text in (phrase, synthetic._gerund(phrase), data.mirror_caption(phrase)):
+                for token in synthetic.tokenize("a person " + text).split():
+                    word, pos = token.split("/")
+                    assert word in glove and pos in UD_TAGS, token
+
+
+# ----------------------------------------------------------------------------- the dataset on disk
+
+
+def test_layout_files_shapes_and_mirrors(dataset):
+    ids = (dataset / "all.txt").read_text().split()
+    originals = [i for i in ids if not i.startswith("M")]
+    assert len(originals) == 24 and sorted(ids) == sorted(originals + ["M" + i for i in originals])
+    for clip_id in ids:
+        vecs = np.load(dataset / "new_joint_vecs" / f"{clip_id}.npy")
+        joints = np.load(dataset / "new_joints" / f"{clip_id}.npy")
+        assert vecs.dtype == np.float32 and joints.dtype == np.float32
+        assert vecs.shape[1] == SKEL.feature_dim and 40 <= len(vecs) <= 196
+        assert joints.shape == (len(vecs), SKEL.num_joints, 3)
+        np.testing.assert_allclose(joints, data.features_to_joints(vecs), atol=1e-6)
+        assert len((dataset / "texts" / f"{clip_id}.txt").read_text().splitlines()) == 3
+    for clip_id in originals:
+        lines = (dataset / "texts" / f"{clip_id}.txt").read_text().splitlines()
+        mirrored = (dataset / "texts" / f"M{clip_id}.txt").read_text().splitlines()
+        assert [m.split("#")[0] for m in mirrored] == [data.mirror_caption(x.split("#")[0]) for x in lines]
+        a = np.load(dataset / "new_joints" / f"{clip_id}.npy")
+        b = np.load(dataset / "new_joints" / f"M{clip_id}.npy")
+        assert a.shape == b.shape
+        # mirrored motion: the reflected root path, scaled by the retarget's lower-leg ratio (spec A.5.1): the
+        # mirror's right leg carries the left leg's lengths until joints_to_features gives it the target ones
+        lengths = SKEL.bone_lengths
+        left_of = dict(zip(SKEL.right_joints, SKEL.left_joints))
+        scale = ((lengths[SKEL.l_idx1] + lengths[SKEL.l_idx2]) /
+                 (lengths[left_of[SKEL.l_idx1]] + lengths[left_of[SKEL.l_idx2]]))
+        np.testing.assert_allclose(b[:, 0, [0, 2]], a[:, 0, [0, 2]] * [-scale, scale], atol=1e-4)
+    marker = json.loads((dataset / synthetic.MARKER).read_text())
+    assert marker["complete"] and marker["num_motions"] == 24 and marker["seed"] == 3
+
+
+def test_text_lines_parse_as_caption_tokens_start_end(dataset):
+    pattern = re.compile(r"^[^#]+#([a-z]+/[A-Z]+)( [a-z]+/[A-Z]+)*#0\.0#0\.0$")
+    for path in (dataset / "texts").glob("*.txt"):
+        lines = path.read_text().splitlines()
+        assert len(set(lines)) == 3
+        for line in lines:
+            assert pattern.match(line), line
+            caption, tokens, start, end = line.split("#")
+            assert caption == caption.lower() and float(start) == float(end) == 0.0
+            for token in tokens.split():
+                word, pos = token.split("/")
+                assert pos in UD_TAGS
+                if pos in ("NOUN", "VERB"):
+                    assert synthetic.LEXICON[word].get(pos, word) == word, f"{token} is not lemmatised"
+
+
+def test_splits_are_disjoint_and_keep_mirrors_together(dataset):
+    split = {name: (dataset / f"{name}.txt").read_text().split() for name in
+             ("train", "val", "test", "train_val", "all")}
+    train, val, test = set(split["train"]), set(split["val"]), set(split["test"])
+    assert not (train & val or train & test or val & test)
+    assert set(split["train_val"]) == train | val and set(split["all"]) == train | val | test
+    assert len(split["all"]) == 48 and min(len(val), len(test)) >= 2
+    for part in (train, val, test):
+        assert all(("M" + i in part) for i in part if not i.startswith("M"))
+        assert all((i[1:] in part) for i in part if i.startswith("M"))
+
+
+def test_mean_std_are_humanml3d_style_block_averaged(dataset):
+    ids = (dataset / "all.txt").read_text().split()
+    vecs = np.concatenate([np.load(dataset / "new_joint_vecs" / f"{i}.npy") for i in ids]).astype(np.float64)
+    mean, std = np.load(dataset / "Mean.npy"), np.load(dataset / "Std.npy")
+    assert mean.dtype == std.dtype == np.float32 and mean.shape == std.shape == (SKEL.feature_dim,)
+    np.testing.assert_allclose(mean, vecs.mean(axis=0), atol=1e-5)
+    for block in data.feature_blocks("t2m"):
+        assert np.all(std[block] == std[block][0]), "std is not constant inside a block"
+        np.testing.assert_allclose(std[block][0], vecs[:, block].std(axis=0).mean(), rtol=1e-4)
+    assert (std > 0).all()
+
+
+def test_the_loader_reads_the_synthetic_dataset(dataset):
+    ds = data.MotionDataset(dataset, split="train")
+    caption, motion, length = ds[0]
+    assert isinstance(caption, str) and motion.shape == (196, SKEL.feature_dim) and 40 <= length <= 196
+
+
+def test_same_seed_same_bytes_other_seed_other_data(tmp_path):
+    def files(root):
+        return {p.relative_to(root): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+    a = files(synthetic.generate_dataset(tmp_path / "a", num_motions=5, seed=11, progress=False))
+    b = files(synthetic.generate_dataset(tmp_path / "b", num_motions=5, seed=11, progress=False))
+    c = files(synthetic.generate_dataset(tmp_path / "c", num_motions=5, seed=12, progress=False))
+    assert a == b
+    assert a.keys() == c.keys() and a[Path("texts/000000.txt")] != c[Path("texts/000000.txt")]
+
+
+def test_ensure_dataset_generates_only_when_needed(tmp_path):
+    root = tmp_path / "ds"
+    synthetic.ensure_dataset(root, num_motions=4, seed=0)
+    marker = root / synthetic.MARKER
+    stamp = marker.stat().st_mtime_ns
+    synthetic.ensure_dataset(root, num_motions=4, seed=0)
+    assert marker.stat().st_mtime_ns == stamp                       # complete and matching: left alone
+    synthetic.ensure_dataset(root, num_motions=5, seed=0)           # different request: regenerated
+    assert len((root / "all.txt").read_text().split()) == 10
+    assert len(list((root / "texts").glob("*.txt"))) == 10          # no leftovers of the old one
+    marker.write_text(json.dumps({**json.loads(marker.read_text()), "complete": False}))  # interrupted run
+    synthetic.ensure_dataset(root, num_motions=5, seed=0)
+    assert json.loads(marker.read_text())["complete"]
+    (tmp_path / "other").mkdir()
+    (tmp_path / "other" / "notes.txt").write_text("not a dataset")
+    with pytest.raises(FileExistsError, match="not a synthetic dataset"):
+        synthetic.ensure_dataset(tmp_path / "other", num_motions=4)
+    with pytest.raises(ValueError, match="num_motions"):
+        synthetic.generate_dataset(tmp_path / "tiny", num_motions=2)
+
+
+def test_cli_writes_the_dataset_and_reports_counts(tmp_path):
+    out = subprocess.run([sys.executable, str(REPO / "synthetic.py"), "--out", str(tmp_path / "cli"),
+                          "--num-motions", "3", "--seed", "0"], capture_output=True, text=True, cwd=REPO, check=True)
+    assert "wrote 6 clips" in out.stdout and "18 captions" in out.stdout
+    assert (tmp_path / "cli" / "Std.npy").exists()
+    help_text = subprocess.run([sys.executable, str(REPO / "synthetic.py"), "--help"], capture_output=True,
+                               text=True, cwd=REPO, check=True).stdout
+    assert "--num-motions" in help_text and "--seed" in help_text and "--out" in help_text
+
+
+# =====================================================================================================================
+# moclip.py: MoCLIP (App. B), two-stage training, retrieval
+# =====================================================================================================================
+
+# ---------------------------------------------------------------------------------------------------------------------
+# MoCLIP (moclip.py): paper App. B, Eq. (14)-(15), Table 5
+
+
+TINY_TEXT = dict(embed_dim=32, quick_gelu=False, context_length=77, vocab_size=49408, width=32, heads=2, layers=2)
+CAPTIONS = ["a person walks forward", "a person jumps up", "someone waves the right hand", "a man turns left",
+            "a person kicks with the left leg", "someone runs in a circle", "a person sits down", "a person crawls",
+            "a person throws a ball", "the person bows", "a person squats twice", "someone claps hands",
+            "a person steps back", "a person spins around", "a woman dances", "a person climbs stairs"]
+
+
+def tiny_moclip(seed=0, dropout=0.0, motion_dim=12):
+    torch.manual_seed(seed)
+    return MoCLIP(motion_dim, clip_model="small", clip_pretrained="none", text_config=TINY_TEXT, motion_width=32,
+                  motion_layers=2, motion_heads=4, motion_ff=64, dropout=dropout, max_len=40)
+
+
+def random_motion(B=6, T=40, D=12, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    lengths = torch.randint(5, T + 1, (B,), generator=g)
+    motion = torch.randn(B, T, D, generator=g)
+    motion[torch.arange(T)[None, :] >= lengths[:, None]] = 0       # zero padding, as the loader does
+    return motion, lengths
+
+
+def test_moclip_loss_matches_eq15_by_hand():
+    g = torch.Generator().manual_seed(0)
+    text, motion, scale = torch.randn(5, 8, generator=g), torch.randn(5, 8, generator=g), 7.0
+    cos = torch.tensor([[F.cosine_similarity(motion[i], text[j], dim=0).item() for j in range(5)] for i in range(5)])
+    m2t = -np.mean([math.log(math.exp(scale * cos[i, i]) / sum(math.exp(scale * cos[i, j]) for j in range(5)))
+                    for i in range(5)])
+    t2m = -np.mean([math.log(math.exp(scale * cos[i, i]) / sum(math.exp(scale * cos[j, i]) for j in range(5)))
+                    for i in range(5)])
+    assert contrastive_loss(text, motion, scale).item() == pytest.approx(0.5 * (m2t + t2m), rel=1e-5)  # Eq. (15)
+    # invariant to the embeddings' norms (cosine similarity of L2-normalised embeddings)
+    assert contrastive_loss(3 * text, 0.5 * motion, scale).item() == pytest.approx(0.5 * (m2t + t2m), rel=1e-5)
+
+
+def test_moclip_loss_falls_on_tiny_set():
+    model = tiny_moclip().train()
+    set_stage(model, 1)
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=3e-3)
+    motion, lengths = random_motion(B=16, seed=1)
+    losses = []
+    for _ in range(30):
+        loss = model(CAPTIONS, motion, lengths)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.item())
+    assert losses[0] > 0.8 * math.log(16)                           # ~chance at the start
+    assert losses[-1] < 0.3 * losses[0]
+
+
+def test_moclip_batch_order_equivariance():
+    model = tiny_moclip().eval()
+    motion, lengths = random_motion(B=6, seed=2)
+    texts = CAPTIONS[:6]
+    perm = torch.tensor([3, 0, 5, 1, 4, 2])
+    with torch.no_grad():
+        t, m = model.encode_text(texts), model.encode_motion(motion, lengths)
+        tp, mp = model.encode_text([texts[i] for i in perm]), model.encode_motion(motion[perm], lengths[perm])
+        logits = F.normalize(m, dim=-1) @ F.normalize(t, dim=-1).T
+        logits_p = F.normalize(mp, dim=-1) @ F.normalize(tp, dim=-1).T
+        torch.testing.assert_close(tp, t[perm], atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(mp, m[perm], atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(logits_p, logits[perm][:, perm], atol=1e-5, rtol=1e-5)
+        assert model(texts, motion, lengths).item() == pytest.approx(
+            model([texts[i] for i in perm], motion[perm], lengths[perm]).item(), abs=1e-5)
+
+
+def test_moclip_padding_leaves_encode_motion_unchanged():
+    model = tiny_moclip(dropout=0.2).eval()
+    motion, lengths = random_motion(B=4, seed=3)
+    lengths = torch.tensor([7, 40, 23, 12])
+    with torch.no_grad():
+        ref = model.encode_motion(motion, lengths)
+        garbage = motion.clone()
+        pad = torch.arange(40)[None, :] >= lengths[:, None]
+        garbage[pad] = 100 * torch.randn(int(pad.sum()), 12)           # anything in the padding frames
+        torch.testing.assert_close(model.encode_motion(garbage, lengths), ref, atol=1e-5, rtol=1e-5)
+        for i in range(4):                                            # each clip alone, cropped to its length
+            alone = model.encode_motion(motion[i:i + 1, :lengths[i]], lengths[i:i + 1])
+            torch.testing.assert_close(alone[0], ref[i], atol=1e-5, rtol=1e-5)
+
+
+def test_moclip_text_features_shapes_and_eot_pooling():
+    model = tiny_moclip().eval()
+    with torch.no_grad():
+        tokens = model.encode_text_tokens(["a person jumps", "someone walks slowly in a circle"])
+        pooled = model.encode_text(["a person jumps", "someone walks slowly in a circle"])
+        ids = model.tokenize(["a person jumps", "someone walks slowly in a circle"])
+    assert tokens.shape == (2, 77, model.text_width) and pooled.shape == (2, model.embed_dim)
+    eot = ids.argmax(-1)                                              # end-of-text has the largest BPE id
+    torch.testing.assert_close(pooled, tokens[torch.arange(2), eot] @ model.text.text_projection)
+    with pytest.raises(ValueError, match="list of captions"):
+        model.encode_text("a person jumps")
+
+
+def test_moclip_stage_trainable_parameter_sets():
+    model = tiny_moclip()
+    motion = {f"motion.{n}" for n, _ in model.motion.named_parameters()}
+    stage1 = motion | {"logit_scale", "text.text_projection"}
+    last = f"text.transformer.resblocks.{TINY_TEXT['layers'] - 1}."
+    block = ["ln_1.weight", "ln_1.bias", "attn.in_proj_weight", "attn.in_proj_bias", "attn.out_proj.weight",
+             "attn.out_proj.bias", "ln_2.weight", "ln_2.bias", "mlp.c_fc.weight", "mlp.c_fc.bias",
+             "mlp.c_proj.weight", "mlp.c_proj.bias"]
+    stage2 = stage1 | {last + n for n in block} | {"text.ln_final.weight", "text.ln_final.bias"}
+    assert set(set_stage(model, 1)) == stage1
+    assert {n for n, p in model.named_parameters() if p.requires_grad} == stage1
+    assert set(set_stage(model, 2)) == stage2
+    assert "text.token_embedding.weight" not in stage2 and "text.positional_embedding" not in stage2
+    assert not any(n.startswith("text.transformer.resblocks.0.") for n in stage2)
+    # gradients reach exactly the trainable set
+    motion_x, lengths = random_motion(B=4, seed=4)
+    model(CAPTIONS[:4], motion_x, lengths).backward()
+    assert {n for n, p in model.named_parameters() if p.grad is not None} == stage2
+    assert set(set_stage(model, 1)) == stage1                         # and back
+
+
+def test_moclip_checkpoint_round_trip(tmp_path):
+    model = tiny_moclip(seed=5).eval()
+    with torch.no_grad():                                             # make the state differ from a fresh init
+        model.logit_scale.fill_(2.5)
+        model.text.text_projection.mul_(1.7)
+    path = tmp_path / "moclip.pt"
+    moclip.save_checkpoint({"format": "moclip", **moclip_state(model), "mean": torch.zeros(12), "std": torch.ones(12)}, path)
+    loaded = load_moclip(path)
+    assert not loaded.training and not any(p.requires_grad for p in loaded.parameters())
+    assert loaded.config == model.config and loaded.mean.shape == (12,)
+    motion, lengths = random_motion(B=3, seed=6)
+    texts = CAPTIONS[:3]
+    with torch.no_grad():
+        torch.testing.assert_close(loaded.encode_text(texts), model.encode_text(texts), atol=0, rtol=0)
+        torch.testing.assert_close(loaded.encode_text_tokens(texts), model.encode_text_tokens(texts), atol=0, rtol=0)
+        torch.testing.assert_close(loaded.encode_motion(motion, lengths), model.encode_motion(motion, lengths),
+                                   atol=0, rtol=0)
+        assert loaded.scale().item() == pytest.approx(math.exp(2.5))
+    # the in-memory form train.py embeds in its own checkpoint
+    again = moclip_from_state(moclip_state(loaded))
+    torch.testing.assert_close(again.encode_text(texts), model.encode_text(texts), atol=0, rtol=0)
+    with pytest.raises(ValueError, match="not a MoCLIP checkpoint"):
+        torch.save({"model": {}}, tmp_path / "other.pt")
+        load_moclip(tmp_path / "other.pt")
+
+
+def test_moclip_vit_b32_text_tower_runs_on_cpu():
+    torch.manual_seed(0)
+    model = MoCLIP(263, clip_model="ViT-B-32", clip_pretrained="none").eval()   # real-data path, random weights
+    assert (model.embed_dim, model.text_width) == (512, 512)
+    assert not any(n.startswith(("visual", "text.visual")) for n, _ in model.named_parameters())  # text side only
+    assert sum(p.numel() for p in model.text.parameters()) == 63_428_096          # CLIP ViT-B/32 text tower
+    with torch.no_grad():
+        tokens = model.encode_text_tokens(["a person jumps"])
+        pooled = model.encode_text(["a person jumps"])
+        z = model.encode_motion(torch.randn(1, 60, 263), torch.tensor([60]))
+    assert tokens.shape == (1, 77, 512) and pooled.shape == (1, 512) and z.shape == (1, 512)
+    assert torch.isfinite(tokens).all() and torch.isfinite(pooled).all()
+
+
+def test_moclip_pretrained_weights_fill_the_text_only_tower(monkeypatch):
+    # stands in for a download: open_clip's full ViT-B-32 CLIP with random weights plays the "pretrained" one
+    made, create_model = {}, moclip.open_clip.create_model
+
+    def fake_create_model(name, pretrained=None, **kwargs):
+        torch.manual_seed(1)
+        made["clip"] = create_model(name, pretrained=None, **kwargs)
+        return made["clip"]
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")                         # no connectivity probe
+    monkeypatch.setattr(moclip.open_clip, "create_model", fake_create_model)
+    torch.manual_seed(0)
+    model = MoCLIP(263, clip_model="ViT-B-32", clip_pretrained="openai").eval()
+    assert model.config["text_config"]["quick_gelu"] is True          # the openai weights use QuickGELU
+    clip = made["clip"].eval()
+    for name, p in model.text.state_dict().items():
+        torch.testing.assert_close(p, clip.state_dict()[name], atol=0, rtol=0)
+    ids = model.tokenize(["a person jumps", "someone waves"])
+    with torch.no_grad():
+        torch.testing.assert_close(model.encode_text(["a person jumps", "someone waves"]), clip.encode_text(ids))
+
+
+def test_moclip_offline_pretrained_fails_fast_with_hint(monkeypatch):
+    def no_network(*args, **kwargs):
+        raise OSError("[Errno -2] Name or service not known")
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.setattr(socket, "create_connection", no_network)
+    with pytest.raises(RuntimeError, match="--clip-pretrained none"):
+        MoCLIP(263, clip_model="ViT-B-32", clip_pretrained="openai")
+    # when the hub itself fails (e.g. HF_HUB_OFFLINE=1 and nothing cached), the same hint, not a hub traceback
+
+    def hub_error(*args, **kwargs):
+        raise RuntimeError("Failed to download weights for tag 'openai'")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(moclip.open_clip, "create_model", hub_error)
+    with pytest.raises(RuntimeError, match="--clip-pretrained none"):
+        MoCLIP(263, clip_model="ViT-B-32", clip_pretrained="openai")
+    with pytest.raises(ValueError, match="--clip-pretrained none"):
+        MoCLIP(263, clip_model="small", clip_pretrained="openai")
+
+
+# Retrieval (Table 5 protocol)
+
+def test_moclip_topk_accuracy_on_constructed_similarities():
+    assert topk_accuracy(torch.eye(32)) == {1: 1.0, 2: 1.0, 3: 1.0}
+    # rows 0, 1 keep their match on top; rows 2, 3 have one distractor above it (a swap 2<->3)
+    sim = torch.full((4, 4), 0.0)
+    sim[torch.arange(4), torch.arange(4)] = 0.5
+    sim[2, 3] = sim[3, 2] = 1.0
+    assert topk_accuracy(sim) == {1: 0.5, 2: 1.0, 3: 1.0}
+    # match ranked last of 4 in every row: top-3 misses all
+    sim = -torch.eye(4)
+    assert topk_accuracy(sim, ks=(1, 3, 4)) == {1: 0.0, 3: 0.0, 4: 1.0}
+    assert topk_accuracy(torch.ones(4, 4))[1] == 0.0                   # ties count against
+
+
+class _OracleMoCLIP(torch.nn.Module):
+    """Text 'clip i' and a motion whose first feature is i map to the same one-hot: retrieval must be perfect."""
+    device = torch.device("cpu")
+
+    def encode_text(self, texts):
+        return F.one_hot(torch.tensor([int(t.split()[1]) for t in texts]), 100).float()
+
+    def encode_motion(self, motion, lengths):
+        return F.one_hot(motion[:, 0, 0].long(), 100).float()
+
+
+def test_moclip_retrieval_eval_protocol():
+    dataset = [(f"clip {i}", np.full((10, 3), i, dtype=np.float32), 10) for i in range(70)]
+    result = retrieval_eval(_OracleMoCLIP(), dataset, repeats=3, batch_size=32)
+    assert set(result) == {f"{d}_top{k}" for d in ("t2m", "m2t") for k in (1, 2, 3)}
+    assert all(mean == 1.0 and ci == 0.0 for mean, ci in result.values())
+    with pytest.raises(ValueError, match="fewer than one batch"):
+        retrieval_eval(_OracleMoCLIP(), dataset[:20], repeats=1, batch_size=32)
+
+
+# Training (two stages, early stopping, atomic checkpoints, resume) on a tiny synthetic dataset
+
+def test_moclip_train_two_stages_resume_and_eval_cli(tmp_path, capsys):
+    from data import MotionDataset
+    root, out = tmp_path / "synthetic", tmp_path / "moclip.pt"
+    kw = dict(dataset="synthetic", data_root=root, out=out, batch_size=8, stage1_epochs=1, device="cpu",
+              synthetic_motions=30, progress=False)
+    path = moclip.train_moclip(epochs=2, **kw)
+    state = torch.load(path, map_location="cpu", weights_only=True)   # plain types and tensors only
+    last = torch.load(tmp_path / "moclip_last.pt", map_location="cpu", weights_only=True)
+    assert state["format"] == "moclip" and state["dataset"] == "synthetic"
+    assert [h["stage"] for h in last["history"]] == [1, 2] and last["stage"] == 2 and last["epoch"] == 2
+    assert last["hparams"]["stage2_lr"] < last["hparams"]["lr"]
+    train_set = MotionDataset(root, "train")
+    np.testing.assert_array_equal(state["mean"].numpy(), train_set.mean)
+    np.testing.assert_array_equal(state["std"].numpy(), train_set.std)
+    assert not list(tmp_path.glob("*.tmp"))                            # atomic writes leave no temporary files
+    model = load_moclip(path)
+    assert model.config["clip_model"] == "small" and model.text_width == moclip.SMALL_TEXT_CONFIG["width"]
+    # --resume continues the epoch count, in stage 2, with the optimiser state
+    moclip.train_moclip(epochs=3, resume=True, **kw)
+    resumed = torch.load(tmp_path / "moclip_last.pt", map_location="cpu", weights_only=True)
+    assert [h["epoch"] for h in resumed["history"]] == [1, 2, 3] and resumed["stage"] == 2
+    assert resumed["history"][:2] == last["history"]
+    step = resumed["optimizer"]["state"][0]["step"].item()
+    assert step == 2 * last["optimizer"]["state"][0]["step"].item()      # the stage-2 optimiser carried on
+    # the Table 5 retrieval CLI on the checkpoint (pools of 2 here: the tiny test split has a handful of clips)
+    moclip.main(["--eval", "--checkpoint", str(path), "--repeats", "2", "--batch-size", "2"])
+    printed = capsys.readouterr().out
+    assert "text -> motion" in printed and "motion -> text" in printed
+
+
+# =====================================================================================================================
+# unet.py: the StableMoFusion UNet backbone
+# =====================================================================================================================
+
+# ---------------------------------------------------------------------------------------------------------------------
+# unet.py: StableMoFusion's 1-D UNet (paper Sec. 3.1-3.2, Eq. 2-3) — shapes, zero-init, null condition, gradients,
+# anchor taps, per-frame GroupNorm, parameter count of the paper configuration.
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+D, W = 263, 24  # HumanML3D motion features; a small text-token width
+# 64 channels = 8 per GroupNorm group, as in the small preset. With 2 channels per group a per-frame GroupNorm is
+# nearly a sign function and float round-off is amplified chaotically through 18 blocks.
+TINY = dict(base_dim=64, dim_mults=(1, 1, 1, 1), time_dim=32, text_latent_dim=32, text_ff_dim=64, num_heads=8)
+
+
+def _tiny_unet(seed=0, **overrides):
+    torch.manual_seed(seed)
+    return UNet(D, W, **{**TINY, **overrides})
+
+
+def _randomise_zero_init(model, seed=1):
+    """Give every all-zero parameter random values.
+
+    The zero-initialised layers (final conv, second conv and AdaGN linear of every block) make x0_pred exactly 0 at
+    init, so at init the text and the time step cannot influence the output and every parameter upstream of the final
+    conv gets exactly zero gradient. Tests of conditioning and of gradient flow therefore run on a randomised copy.
+    """
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in model.parameters():
+            if not p.any():
+                p.copy_(torch.randn(p.shape, generator=gen) * 0.1)
+    return model
+
+
+def _inputs(B=2, T=57, L=7, seed=0):
+    gen = torch.Generator().manual_seed(seed)
+    x = torch.randn(B, T, D, generator=gen)
+    t = torch.randint(0, 1000, (B,), generator=gen)
+    tokens = torch.randn(B, L, W, generator=gen)
+    return x, t, tokens
+
+
+def test_timestep_embedding_is_interleaved_sinusoid():
+    t = torch.tensor([0, 1, 17, 999])
+    emb = timestep_embedding(t, 32)
+    assert emb.shape == (4, 32) and emb.dtype == torch.float32
+    i = np.arange(16)
+    angles = t.numpy()[:, None].astype(np.float64) * np.exp(-math.log(10000.0) * 2 * i / 32)  # spec 1.5
+    np.testing.assert_allclose(emb[:, 0::2].numpy(), np.sin(angles), atol=2e-4)  # sin at even indices
+    np.testing.assert_allclose(emb[:, 1::2].numpy(), np.cos(angles), atol=2e-4)  # cos at odd indices
+    with pytest.raises(ValueError):
+        timestep_embedding(t, 31)
+
+
+@pytest.mark.parametrize("T", [40, 57, 64, 196])
+def test_output_shapes_for_any_length(T):
+    model = _tiny_unet().eval()
+    x, t, tokens = _inputs(B=3, T=T)
+    with torch.no_grad():
+        x0, anchor = model(x, t, tokens, torch.tensor([True, False, True]))
+    assert x0.shape == (3, T, D)
+    assert anchor.shape == (3, model.anchor_channels, model.anchor_frames(T))
+    assert model.anchor_frames(T) == math.ceil(T / 16) * 16 // 8  # down3: padded length / 8
+
+
+def test_zero_init_output_is_exactly_zero_until_final_conv_changes():
+    model = _tiny_unet().eval()
+    x, t, tokens = _inputs()
+    with torch.no_grad():
+        x0, _ = model(x, t, tokens)
+        assert torch.count_nonzero(x0) == 0  # final conv is zero-initialised
+        nn.init.normal_(model.final_conv.weight, std=0.1)
+        x0, _ = model(x, t, tokens)
+    assert torch.count_nonzero(x0) == x0.numel()
+
+
+def test_unconditional_output_does_not_depend_on_text():
+    model = _randomise_zero_init(_tiny_unet()).eval()
+    x, t, tokens = _inputs()
+    off = torch.zeros(2, dtype=torch.bool)
+    with torch.no_grad():
+        a, ha = model(x, t, tokens, off)
+        b, hb = model(x, t, torch.randn_like(tokens) * 5, off)
+        c, hc = model(x, t)  # no text at all: every sample is unconditional
+    assert torch.equal(a, b) and torch.equal(ha, hb)  # the null condition of Eq. (3): exactly the same numbers
+    assert torch.equal(a, c) and torch.equal(ha, hc)
+
+
+def test_conditional_output_depends_on_text():
+    model = _randomise_zero_init(_tiny_unet()).eval()
+    x, t, tokens = _inputs()
+    with torch.no_grad():
+        a, _ = model(x, t, tokens)  # cond_mask None = all conditional
+        b, _ = model(x, t, torch.randn_like(tokens))
+        u, _ = model(x, t, tokens, torch.zeros(2, dtype=torch.bool))
+    assert (a - b).abs().amax(dim=(1, 2)).min() > 1e-4  # every sample changes
+    assert (a - u).abs().amax(dim=(1, 2)).min() > 1e-4
+
+
+def test_mixed_cond_mask_batch_equals_separate_runs():
+    # Classifier-free guidance runs [conditional; unconditional] as one batch; the multiplicative mask must act per
+    # sample, and nothing (per-frame GroupNorm included) may mix samples of a batch.
+    model = _randomise_zero_init(_tiny_unet()).eval()
+    x, t, tokens = _inputs(B=1)
+    with torch.no_grad():
+        both, h_both = model(x.repeat(2, 1, 1), t.repeat(2), tokens.repeat(2, 1, 1), torch.tensor([True, False]))
+        cond, h_cond = model(x, t, tokens, torch.tensor([True]))
+        uncond, h_uncond = model(x, t, tokens, torch.tensor([False]))
+    torch.testing.assert_close(both, torch.cat([cond, uncond]), atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(h_both, torch.cat([h_cond, h_uncond]), atol=1e-4, rtol=1e-4)
+
+
+def test_pre_encoded_text_gives_the_same_output():
+    model = _randomise_zero_init(_tiny_unet()).eval()
+    x, t, tokens = _inputs()
+    with torch.no_grad():
+        a, _ = model(x, t, tokens)
+        b, _ = model(x, t, text_latent=model.encode_text(tokens))
+    assert torch.equal(a, b)
+
+
+def test_every_parameter_receives_a_gradient():
+    model = _randomise_zero_init(_tiny_unet()).train()
+    x, t, tokens = _inputs(B=3)
+    x0, anchor = model(x, t, tokens, torch.tensor([True, False, True]))
+    (x0.square().mean() + anchor.square().mean()).backward()
+    for name, p in model.named_parameters():
+        assert p.grad is not None, f"{name} got no gradient"
+        if name.endswith("attn.key.bias"):
+            # Adding the same bias to every token's key logit leaves the softmax over tokens unchanged, so this
+            # parameter's true gradient is 0 (it exists only to match the backbone's parameter count).
+            assert p.grad.abs().max() <= 1e-4 * model.get_parameter(name[:-4] + "weight").grad.abs().max(), name
+        else:
+            assert p.grad.abs().max() > 0, f"{name} has an all-zero gradient"
+
+
+# Paper channel layout (the same width on every level) scaled down, and an uneven layout to check channel bookkeeping.
+@pytest.mark.parametrize("dim_mults,channels", [((2, 2, 2, 2), (32, 32, 32, 32)), ((1, 2, 3, 4), (16, 32, 48, 64))])
+@pytest.mark.parametrize("block", ANCHOR_BLOCKS)
+def test_anchor_feature_shape_and_location(block, dim_mults, channels):
+    model = _tiny_unet(anchor_block=block, base_dim=16, dim_mults=dim_mults).eval()
+    level = 4 if block == "mid" else int(block[-1])
+    expected = (2, channels[min(level, 3)], 208 // 2 ** level)  # 196 frames padded to 208; mid: 13 frames
+    assert (model.anchor_channels, model.anchor_frames(196)) == expected[1:]
+    captured = {}
+    hook = model.blocks[block].register_forward_hook(
+        lambda mod, inp, out: captured.update(h=out[0] if block != "mid" else out))  # DownLevel -> (skip, down)
+    x, t, tokens = _inputs(T=196)
+    with torch.no_grad():
+        _, anchor = model(x, t, tokens)
+    hook.remove()
+    assert anchor.shape == expected
+    assert anchor is captured["h"]  # the skip feature before downsampling (or the mid output)
+
+
+def test_named_blocks_are_in_forward_order_and_hookable():
+    model = _tiny_unet()
+    names = [n for n, _ in model.named_blocks()]
+    assert names == ["down0", "down1", "down2", "down3", "mid", "up0", "up1", "up2", "up3"]
+    fine = list(model.named_blocks(fine=True))
+    assert len(fine) == 18 and fine[0][0] == "down0.block1" and fine[-1][0] == "up3.block2"
+    order = []
+    for name, module in model.named_blocks():
+        module.register_forward_hook(lambda mod, inp, out, name=name: order.append(name))
+    with torch.no_grad():
+        model(*_inputs())
+    assert order == names
+
+
+def test_frame_group_norm_is_per_frame():
+    torch.manual_seed(0)
+    norm = FrameGroupNorm(8, 32)
+    nn.init.normal_(norm.weight)
+    nn.init.normal_(norm.bias)
+    x = torch.randn(2, 32, 20) * 3 + 1
+    y = norm(x)
+    reference = nn.functional.group_norm(x.transpose(1, 2).reshape(40, 32), 8, norm.weight, norm.bias, norm.eps)
+    torch.testing.assert_close(y, reference.view(2, 20, 32).transpose(1, 2), atol=1e-5, rtol=1e-5)
+    x2 = x.clone()
+    x2[:, :, 13:] = torch.randn(2, 32, 7) * 100  # change the "padding" frames only
+    assert torch.equal(norm(x2)[:, :, :13], y[:, :, :13])  # valid frames' values are untouched
+
+
+def _analytic_parameter_count(D, W, chans, time_dim, text_latent_dim, text_ff_dim):
+    """Parameters written out from the architecture (spec 1.2-1.7), independently of the module code."""
+    lin = lambda i, o: i * o + o
+    conv = lambda i, o, k: i * o * k + o
+    gn = lambda c: 2 * c
+
+    def cond_block(i, o):
+        res = conv(i, o, 5) + gn(o) + lin(time_dim, 2 * o) + conv(o, o, 5) + gn(o) + (conv(i, o, 1) if i != o else 0)
+        attn = gn(o) + lin(o, o) + 2 * text_latent_dim + 2 * lin(text_latent_dim, o)  # LN_x, Wq, LN_t, Wk, Wv
+        return res + attn
+
+    body = lin(time_dim, 4 * time_dim) + lin(4 * time_dim, time_dim)
+    c = D
+    for ch in chans:  # down levels: 2 blocks + Conv1d(k3, s2)
+        body += cond_block(c, ch) + cond_block(ch, ch) + conv(ch, ch, 3)
+        c = ch
+    body += 2 * cond_block(c, c)  # mid
+    for ch in reversed(chans):  # up levels: ConvTranspose1d(k4) + concat skip + 2 blocks
+        body += conv(c, c, 4) + cond_block(c + ch, ch) + cond_block(ch, ch)
+        c = ch
+    body += conv(chans[0], D, 1)  # final conv
+    d = text_latent_dim
+    layer = lin(d, 3 * d) + lin(d, d) + lin(d, text_ff_dim) + lin(text_ff_dim, d) + 2 * gn(d)  # MHA, FF, 2 LN
+    text = lin(W, d) + 4 * layer + gn(d)
+    return body, text
+
+
+@pytest.mark.parametrize("preset", ["paper", "small"])
+def test_parameter_count(preset):
+    cfg = PRESETS[preset]
+    with torch.device("meta"):  # no memory, no time, even for 299 M parameters
+        model = UNet(263, 512, **cfg)
+    text = sum(p.numel() for p in model.text_adapter.parameters())
+    body = sum(p.numel() for p in model.parameters()) - text
+    chans = [cfg["base_dim"] * m for m in cfg["dim_mults"]]
+    assert (body, text) == _analytic_parameter_count(263, 512, chans, cfg["time_dim"], cfg["text_latent_dim"],
+                                                     cfg["text_ff_dim"])
+    if preset == "paper":
+        assert (body, text) == (293_654_279, 5_392_128)  # stablemofusion_backbone.md 1.10
+        per_level = {name: round(sum(p.numel() for p in m.parameters()) / 1e6, 2) for name, m in model.named_blocks()}
+        assert per_level == {"down0": 25.76, "down1": 29.39, "down2": 29.39, "down3": 29.39, "mid": 26.24,
+                             "up0": 37.78, "up1": 37.78, "up2": 37.78, "up3": 37.78}  # spec table, in M
+
+
+def test_config_rebuilds_the_model_from_a_weights_only_checkpoint(tmp_path):
+    model = _tiny_unet(anchor_block="mid")
+    torch.save({"unet_config": model.config, "unet": model.state_dict()}, tmp_path / "ckpt.pt")
+    state = torch.load(tmp_path / "ckpt.pt", weights_only=True)
+    rebuilt = UNet(**state["unet_config"])
+    rebuilt.load_state_dict(state["unet"])  # strict: same architecture, same names
+    assert rebuilt.anchor_block == "mid" and rebuilt.padded_length(57) == 64 and rebuilt.anchor_frames(57) == 4
+
+
+def test_bad_inputs_raise_clear_errors():
+    model = _tiny_unet()
+    x, t, tokens = _inputs()
+    with pytest.raises(ValueError, match="motion features"):
+        model(x[:, :, :10], t, tokens)
+    with pytest.raises(ValueError, match="integer timesteps"):
+        model(x, t.float(), tokens)
+    with pytest.raises(ValueError, match="no text"):
+        model(x, t, cond_mask=torch.ones(2, dtype=torch.bool))
+    with pytest.raises(ValueError, match="anchor_block"):
+        _tiny_unet(anchor_block="down0")
+    with pytest.raises(ValueError, match="text_tokens"):
+        model.encode_text(tokens[:, :, :5])
+
+
+# =====================================================================================================================
+# anchors.py and diffusion.py: DCT, FiLM, dual anchors, zeta(n), DDPM, guidance, DPM-Solver++
+# =====================================================================================================================
+
+DIFFUSERS_REASON = "diffusers is a test-only reference; pip install diffusers to run this comparison"
+SCIPY_REASON = "scipy is a test-only reference; pip install scipy to compare with scipy.fft.dct"
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# DCT-II (App. F, Eq. 16-17)
+
+def test_dct_matrix_is_orthonormal():
+    D = dct_matrix(196, torch.float64)
+    assert torch.allclose(D @ D.T, torch.eye(196, dtype=torch.float64), atol=1e-6, rtol=0)
+
+
+def test_idct_inverts_dct_along_any_dim():
+    x = torch.randn(3, 196, 5, dtype=torch.float64)
+    for dim in (1, -1, 0):
+        assert torch.allclose(idct(dct(x, dim=dim), dim=dim), x, atol=1e-10)
+
+
+def test_dct_equals_direct_sum_of_eq16():
+    n = 7
+    v = torch.randn(n, dtype=torch.float64)
+    direct = []
+    for k in range(n):                                                       # Eq. (16) with A(k) of Eq. (17)
+        A = math.sqrt(1 / n) if k == 0 else math.sqrt(2 / n)
+        direct.append(A * sum(v[m].item() * math.cos(math.pi * (2 * m + 1) * k / (2 * n)) for m in range(n)))
+    assert torch.allclose(dct(v), torch.tensor(direct, dtype=torch.float64), atol=1e-12)
+
+
+def test_dct_equals_scipy_ortho_dct():
+    scipy_fft = pytest.importorskip("scipy.fft", reason=SCIPY_REASON)
+    x = torch.randn(2, 196, 4, dtype=torch.float64)
+    ref = scipy_fft.dct(x.numpy(), type=2, norm="ortho", axis=1)
+    assert torch.allclose(dct(x, dim=1), torch.from_numpy(ref), atol=1e-10)
+
+
+def test_lowfreq_dct_keeps_first_k_coefficients_along_time():
+    x0 = torch.randn(2, 196, 263)
+    z = lowfreq_dct(x0, 64)
+    assert z.shape == (2, 64, 263)
+    assert torch.allclose(z, dct(x0, dim=1)[:, :64], atol=1e-5)
+    with pytest.raises(ValueError, match="k must be"):
+        lowfreq_dct(x0, 197)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# FiLM and the dual anchors (Eq. 4-7)
+
+SMALL = dict(channels=16, motion_dim=7, anchor_frames=13, anchor_dim=10, dct_k=8, hidden=32, time_dim=16)
+
+
+def _anchor_inputs(B=3, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    h = torch.randn(B, SMALL["channels"], SMALL["anchor_frames"], generator=g)
+    t = torch.randint(0, 1000, (B,), generator=g)
+    valid = torch.arange(SMALL["anchor_frames"])[None, :] < torch.tensor([13, 9, 4])[:B, None]
+    return h, t, valid
+
+
+def test_film_starts_as_identity():
+    film = FiLM(cond_dim=16, feature_dim=7)
+    emb = torch.randn(3, 16)
+    for z in (torch.randn(3, 7), torch.randn(3, 7, 8)):                  # temporal (B, D_a) and frequency (B, d_m, k)
+        assert torch.equal(film(z, emb), z)
+    with torch.no_grad():
+        film.net[-1].bias.fill_(0.5)                                       # once trained it does modulate
+    assert not torch.allclose(film(z, emb), z)
+
+
+def test_film_broadcasts_gamma_beta_along_k():
+    film = FiLM(cond_dim=4, feature_dim=3)
+    with torch.no_grad():
+        film.net[-1].bias.copy_(torch.tensor([1.0, 2.0, 3.0, 10.0, 20.0, 30.0]))   # gamma = (1,2,3), beta = (10,20,30)
+    z = torch.ones(2, 3, 5)
+    expected = torch.tensor([2.0 + 10, 3.0 + 20, 4.0 + 30])[None, :, None].expand(2, 3, 5)   # (1 + gamma) z + beta
+    assert torch.allclose(film(z, torch.zeros(2, 4)), expected)
+
+
+def test_dual_anchor_shapes_and_film_identity_at_init():
+    torch.manual_seed(0)
+    with_film = DualAnchor(**SMALL)
+    without_film = DualAnchor(**SMALL, use_film=False)
+    missing, unexpected = without_film.load_state_dict(with_film.state_dict(), strict=False)
+    assert not missing and all("film" in key for key in unexpected)
+    h, t, valid = _anchor_inputs()
+    z_fre, z_tem = with_film(h, t, valid)
+    assert z_fre.shape == (3, SMALL["dct_k"], SMALL["motion_dim"]) and z_tem.shape == (3, SMALL["anchor_dim"])
+    z_fre0, z_tem0 = without_film(h, t, valid)
+    assert torch.equal(z_fre, z_fre0) and torch.equal(z_tem, z_tem0)      # zero-initialised FiLM = identity
+
+
+def test_temporal_anchor_pools_only_valid_frames():
+    torch.manual_seed(0)
+    anchor = DualAnchor(**SMALL)
+    h, t, valid = _anchor_inputs()
+    _, z_tem = anchor(h, t, valid)
+    h2 = torch.where(valid[:, None, :], h, torch.randn_like(h) * 100)    # change only the padded frames
+    _, z_tem2 = anchor(h2, t, valid)
+    assert torch.allclose(z_tem, z_tem2, atol=1e-5)
+    _, z_tem_all = anchor(h2, t, torch.ones_like(valid))
+    assert not torch.allclose(z_tem, z_tem_all, atol=1e-3)
+
+
+def test_dual_anchor_rejects_other_frame_counts():
+    anchor = DualAnchor(**SMALL)
+    h, t, valid = _anchor_inputs()
+    with pytest.raises(ValueError, match="frames"):
+        anchor(h[..., :10], t, valid[:, :10])
+
+
+def test_ablation_switches_remove_parameters_and_loss_terms():
+    def names(**switches):
+        return [n for n, _ in DualAnchor(**SMALL, **switches).named_parameters()]
+
+    full = names()
+    assert any(n.startswith("freq_") for n in full) and any(n.startswith("tem_") for n in full)
+    assert not any(n.startswith("freq_") for n in names(use_fre=False))
+    assert not any(n.startswith("tem_") for n in names(use_tem=False))
+    assert not any("film" in n for n in names(use_film=False))
+    assert sorted(names(use_fre=False) + names(use_tem=False)) == sorted(full)   # nothing shared, nothing extra
+
+    h, t, valid = _anchor_inputs()
+    x0, target = torch.randn(3, 20, SMALL["motion_dim"]), torch.randn(3, SMALL["anchor_dim"])
+    z_fre, z_tem = DualAnchor(**SMALL, use_fre=False)(h, t, valid)
+    assert z_fre is None and z_tem is not None
+    assert set(dual_anchor_loss(z_fre, z_tem, x0, target)[1]) == {"tem"}
+    z_fre, z_tem = DualAnchor(**SMALL, use_tem=False)(h, t, valid)
+    assert z_tem is None and z_fre is not None
+    assert set(dual_anchor_loss(z_fre, z_tem, x0, target)[1]) == {"fre"}
+
+
+def test_anchor_losses_send_gradient_into_the_tapped_feature():
+    torch.manual_seed(0)
+    anchor = DualAnchor(**SMALL)
+    h, t, valid = _anchor_inputs()
+    h.requires_grad_(True)
+    z_fre, z_tem = anchor(h, t, valid)
+    total, _ = dual_anchor_loss(z_fre, z_tem, torch.randn(3, 20, SMALL["motion_dim"]), torch.randn(3, SMALL["anchor_dim"]))
+    total.backward()
+    assert h.grad.abs().sum() > 0                                          # the deep layer receives anchor gradients
+    for name, p in anchor.named_parameters():
+        if "film.net.0" not in name:                                       # behind the zero-initialised last layer
+            assert p.grad is not None and p.grad.abs().sum() > 0, name
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Dual Anchor Loss and its weighting (Eq. 8-11, Table 4)
+
+def test_frequency_anchor_loss_is_mse_to_lowfreq_dct():
+    x0 = torch.randn(2, 196, 5)
+    target = lowfreq_dct(x0, 64)
+    assert frequency_anchor_loss(target, x0, 64).item() < 1e-12
+    z = torch.randn(2, 64, 5)
+    assert torch.allclose(frequency_anchor_loss(z, x0, 64), ((z - target) ** 2).mean())
+    with pytest.raises(ValueError):
+        frequency_anchor_loss(z, x0, 32)
+
+
+def test_temporal_anchor_loss_is_one_minus_cosine():
+    a = torch.tensor([[1.0, 0.0], [1.0, 0.0], [1.0, 0.0]])
+    b = torch.tensor([[3.0, 0.0], [0.0, 2.0], [-1.0, 0.0]])               # parallel, orthogonal, opposite
+    assert torch.allclose(temporal_anchor_loss(a, b), torch.tensor((0.0 + 1.0 + 2.0) / 3))
+
+
+def test_dual_anchor_loss_weights_terms_with_lambdas():
+    x0, z_fre = torch.randn(2, 196, 5), torch.randn(2, 64, 5)
+    z_tem, target = torch.randn(2, 8), torch.randn(2, 8)
+    total, terms = dual_anchor_loss(z_fre, z_tem, x0, target)
+    assert torch.allclose(terms["fre"], frequency_anchor_loss(z_fre, x0))
+    assert torch.allclose(terms["tem"], temporal_anchor_loss(z_tem, target))
+    assert torch.allclose(total, 0.1 * terms["fre"] + 0.5 * terms["tem"])  # App. D lambdas
+    assert dual_anchor_loss(None, None, x0, None)[0].item() == 0.0
+
+
+def test_cosine_anchor_weight_eq11():
+    N = 1000
+    assert cosine_anchor_weight(0, N) == 1.0
+    assert cosine_anchor_weight(N, N) == 0.0
+    assert cosine_anchor_weight(N // 2, N) == pytest.approx(0.5)
+    values = [cosine_anchor_weight(n, N) for n in range(N + 1)]
+    assert all(a >= b for a, b in zip(values, values[1:]))                 # monotone non-increasing
+    assert all(0 < v < 1 for v in values[1:-1])
+    assert cosine_anchor_weight(N + 1, N) == 0.0 and cosine_anchor_weight(10 * N, N) == 0.0
+    with pytest.raises(ValueError):
+        cosine_anchor_weight(0, 0)
+
+
+def test_anchor_weighting_kinds():
+    cosine = AnchorWeighting("cosine", decay_steps=100)
+    assert [float(cosine(n)) for n in (0, 50, 100, 150)] == pytest.approx([1.0, 0.5, 0.0, 0.0])
+    assert len(list(cosine.parameters())) == 0
+    static = AnchorWeighting("static")
+    assert [float(static(n)) for n in (0, 10**6)] == [1.0, 1.0] and len(list(static.parameters())) == 0
+    loss = torch.tensor(0.7)
+    assert torch.allclose(static.weigh(static(3), loss), loss)
+    with pytest.raises(ValueError):
+        AnchorWeighting("adaptive")
+
+
+def test_learnable_anchor_weight_does_not_collapse():
+    weighting = AnchorWeighting("learnable")
+    assert weighting(0).item() == 1.0 and len(list(weighting.parameters())) == 1
+    optimiser = torch.optim.SGD(weighting.parameters(), lr=0.1)
+    anchor_loss = torch.tensor(0.25)                                       # a fixed anchor loss L
+    for step in range(300):
+        optimiser.zero_grad()
+        weighting.weigh(weighting(step), anchor_loss).backward()
+        optimiser.step()
+    assert weighting(0).item() == pytest.approx(1 / 0.25, rel=0.05)       # exp(-s) -> 1 / L, not -> 0
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Forward process, loss and guidance (Eq. 1-3)
+
+def test_linear_betas_and_alphas_cumprod():
+    betas = linear_betas()
+    assert betas.shape == (1000,) and betas[0].item() == pytest.approx(1e-4) and betas[-1].item() == pytest.approx(0.02)
+    abar = alphas_cumprod(betas)
+    assert torch.all(abar[1:] < abar[:-1]) and abar[0].item() == pytest.approx(1 - 1e-4)
+    assert abar[-1].item() == pytest.approx(4.04e-5, rel=0.01)             # nearly pure noise at t = T
+
+
+def test_linear_schedule_equals_diffusers_bit_for_bit():
+    diffusers = pytest.importorskip("diffusers", reason=DIFFUSERS_REASON)
+    reference = diffusers.DDPMScheduler(num_train_timesteps=1000, beta_schedule="linear").alphas_cumprod
+    assert torch.equal(alphas_cumprod(linear_betas()), reference)
+
+
+def test_q_sample_formula_and_marginal():
+    abar = alphas_cumprod(linear_betas())
+    t = torch.tensor([0, 250, 999])
+    x0, noise = torch.randn(3, 4, 2), torch.randn(3, 4, 2)
+    expected = abar[t].sqrt()[:, None, None] * x0 + (1 - abar[t]).sqrt()[:, None, None] * noise
+    assert torch.allclose(q_sample(x0, t, noise, abar), expected, atol=1e-6)
+    g = torch.Generator().manual_seed(0)
+    x0 = torch.full((20000, 1), 1.5)
+    for step in (100, 500, 900):
+        x_t = q_sample(x0, torch.full((20000,), step), torch.randn(20000, 1, generator=g), abar)
+        assert x_t.mean().item() == pytest.approx(1.5 * abar[step].sqrt().item(), abs=0.03)
+        assert x_t.var().item() == pytest.approx(1 - abar[step].item(), abs=0.03)
+    with pytest.raises(ValueError):
+        q_sample(x0[:1], torch.tensor([1000]), x0[:1], abar)
+
+
+def test_masked_mse_ignores_padding_and_matches_hand_computation():
+    g = torch.Generator().manual_seed(0)
+    pred, target = torch.randn(3, 10, 4, generator=g), torch.randn(3, 10, 4, generator=g)
+    lengths = torch.tensor([10, 6, 1])
+    loss = masked_mse(pred, target, lengths)
+    hand = sum(((pred[b, :n] - target[b, :n]) ** 2).mean() for b, n in enumerate(lengths.tolist())) / 3
+    assert torch.allclose(loss, hand)
+    pred2 = pred.clone()
+    pred2[1, 6:] += 100.0                                                  # change only padded frames
+    pred2[2, 1:] -= 50.0
+    assert torch.allclose(masked_mse(pred2, target, lengths), loss)
+    with pytest.raises(ValueError):
+        masked_mse(pred, target, torch.tensor([10, 11, 1]))
+
+
+def test_guided_x0_is_one_batched_forward():
+    calls = []
+
+    def denoise(x, t, cond_mask):                                          # cond: 2x, uncond: -x
+        calls.append((x.shape[0], cond_mask.tolist()))
+        return torch.where(cond_mask[:, None, None], 2 * x, -x)
+
+    x, t = torch.randn(3, 5, 2), torch.tensor([1, 2, 3])
+    assert torch.allclose(guided_x0(denoise, x, t, 1.0), 2 * x)           # scale 1: conditional prediction
+    assert torch.allclose(guided_x0(denoise, x, t, 0.0), -x)              # scale 0: unconditional prediction
+    assert torch.allclose(guided_x0(denoise, x, t, 2.5), -x + 2.5 * (3 * x))   # Eq. (3)
+    assert calls == [(6, [True] * 3 + [False] * 3)] * 3                    # ONE forward of 2B per call
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Samplers: DPM-Solver++ against diffusers, and against the analytic Gaussian
+
+def _gaussian_denoiser(mu, s, abar):
+    """Exact x0 predictor for data x0 ~ N(mu, s^2) per dim: x_t = a x0 + sigma eps with a = sqrt(abar_t),
+    sigma^2 = 1 - abar_t makes (x0, x_t) jointly Gaussian, Cov(x0, x_t) = a s^2, Var(x_t) = a^2 s^2 + sigma^2, so
+    E[x0 | x_t] = mu + a s^2 / (a^2 s^2 + sigma^2) (x_t - a mu), linear in x_t. Samplers hand every sample the
+    same t, so the per-timestep coefficients are looked up once per call."""
+    a = abar.double().sqrt()[:, None]                                      # (T, 1)
+    gain = a * s**2 / (a**2 * s**2 + (1 - a**2))                           # (T, D)
+    offset = mu - gain * a * mu                                            # E[x0 | x_t] = offset + gain x_t
+
+    def model_fn(x, t):
+        assert torch.all(t == t[0])
+        return offset[t[0]].to(x.dtype) + gain[t[0]].to(x.dtype) * x
+    return model_fn
+
+
+def _recording(model_fn):
+    """model_fn that also records the integer timesteps it is handed."""
+    seen = []
+
+    def wrapped(x, t):
+        assert t.dtype == torch.long and t.shape == (x.shape[0],)
+        seen.append(int(t[0]))
+        return model_fn(x, t)
+    return wrapped, seen
+
+
+def _diffusers_dpm(model_fn, x_T, steps, karras, sde=False, generator=None):
+    diffusers = pytest.importorskip("diffusers", reason=DIFFUSERS_REASON)
+    scheduler = diffusers.DPMSolverMultistepScheduler(
+        num_train_timesteps=1000, beta_schedule="linear", prediction_type="sample", solver_order=2,
+        algorithm_type="sde-dpmsolver++" if sde else "dpmsolver++", solver_type="midpoint",
+        timestep_spacing="linspace", lower_order_final=True, final_sigmas_type="zero", use_karras_sigmas=karras)
+    scheduler.set_timesteps(steps)
+    x = x_T
+    for t in scheduler.timesteps:
+        x = scheduler.step(model_fn(x, t.expand(x.shape[0])), t, x, generator=generator).prev_sample
+    return x
+
+
+GAUSS_MU = torch.tensor([1.0, -0.5, 2.0, 0.0], dtype=torch.float64)
+GAUSS_S = torch.tensor([0.5, 1.2, 0.3, 1.0], dtype=torch.float64)
+
+
+def test_dpm_solver_schedule_equals_diffusers():
+    diffusers = pytest.importorskip("diffusers", reason=DIFFUSERS_REASON)
+    abar = alphas_cumprod(linear_betas())
+    for karras in (False, True):
+        for steps in (1, 2, 5, 7, 10, 18, 20, 25, 50):
+            scheduler = diffusers.DPMSolverMultistepScheduler(beta_schedule="linear", prediction_type="sample",
+                                                              use_karras_sigmas=karras, final_sigmas_type="zero")
+            scheduler.set_timesteps(steps)
+            timesteps, rhos = dpm_solver_schedule(abar, steps, karras)
+            assert torch.equal(timesteps, scheduler.timesteps), (karras, steps)
+            assert torch.allclose(rhos.float(), scheduler.sigmas, rtol=1e-5, atol=0), (karras, steps)
+
+
+@pytest.mark.parametrize("karras", [False, True], ids=["uniform", "karras"])
+@pytest.mark.parametrize("steps", [5, 10, 20])
+def test_dpm_solver_pp_matches_diffusers_step_for_step(steps, karras):
+    abar = alphas_cumprod(linear_betas())
+    denoiser = _gaussian_denoiser(GAUSS_MU, GAUSS_S, abar)
+    x_T = torch.randn(64, 4, generator=torch.Generator().manual_seed(steps))
+    ours_fn, ours_t = _recording(denoiser)
+    ref_fn, ref_t = _recording(denoiser)
+    ours = dpm_solver_pp(ours_fn, x_T, abar, steps=steps, order=2, karras=karras)
+    ref = _diffusers_dpm(ref_fn, x_T, steps, karras)
+    assert ours_t == ref_t and len(ours_t) == steps
+    assert (ours - ref).abs().max().item() < 1e-4
+
+
+@pytest.mark.parametrize("karras", [False, True], ids=["uniform", "karras"])
+def test_sde_dpm_solver_pp_matches_diffusers_with_the_same_seed(karras):
+    abar = alphas_cumprod(linear_betas())
+    denoiser = _gaussian_denoiser(GAUSS_MU, GAUSS_S, abar)
+    x_T = torch.randn(64, 4, generator=torch.Generator().manual_seed(1))
+    ours_fn, ours_t = _recording(denoiser)
+    ref_fn, ref_t = _recording(denoiser)
+    ours = dpm_solver_pp(ours_fn, x_T, abar, steps=10, karras=karras, sde=True,
+                         generator=torch.Generator().manual_seed(7))
+    ref = _diffusers_dpm(ref_fn, x_T, 10, karras, sde=True, generator=torch.Generator().manual_seed(7))
+    assert ours_t == ref_t
+    assert (ours - ref).abs().max().item() < 1e-4
+    other = dpm_solver_pp(denoiser, x_T, abar, steps=10, karras=karras, sde=True,
+                          generator=torch.Generator().manual_seed(8))
+    assert (other - ours).abs().max().item() > 1e-2                      # the noise really enters
+
+
+def _moment_errors(x, mu, s, abar):
+    """|mean - analytic| and |var / analytic - 1| per dim. The analytic law of the exact probability-flow ODE from
+    x_T ~ N(0, I): the standardised (x_t - a_t mu) / sqrt(a_t^2 s^2 + sigma_t^2) is constant along it, so
+    x0 = mu + s (x_T - a_T mu) / sqrt(v_T): mean mu - s a_T mu / sqrt(v_T), variance s^2 / v_T."""
+    a_T = abar[-1].double().sqrt()
+    v_T = a_T**2 * s**2 + 1 - a_T**2
+    mean, var = mu - s * a_T * mu / v_T.sqrt(), s**2 / v_T
+    x = x.double()
+    return (x.mean(0) - mean).abs().max().item(), (x.var(0) / var - 1).abs().max().item()
+
+
+def test_dpm_solver_pp_gaussian_moments_converge_with_steps():
+    """Unit-variance Gaussian data (like normalised motion features). x_T is standardised per dim so that, the whole
+    sampler being affine per dim, sample moments equal the sampler's exact output moments (no Monte Carlo noise)."""
+    abar = alphas_cumprod(linear_betas())
+    mu, s = torch.tensor([1.0, -2.0, 0.5], dtype=torch.float64), torch.ones(3, dtype=torch.float64)
+    z = torch.randn(10000, 3, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    x_T = ((z - z.mean(0)) / z.std(0)).float()
+    errors = {steps: _moment_errors(dpm_solver_pp(_gaussian_denoiser(mu, s, abar), x_T, abar, steps=steps), mu, s, abar)
+              for steps in (5, 10, 20)}
+    mean_err, var_err = errors[10]
+    assert mean_err < 0.01 and var_err < 0.15                             # 10 steps: see README "Sampling"
+    assert errors[5][0] > errors[10][0] > errors[20][0]                    # the mean error shrinks with steps
+    assert errors[5][1] > errors[10][1] > errors[20][1]                    # and so does the variance error
+    assert errors[20][1] < 0.02
+
+
+def test_ddpm_sample_matches_the_gaussian_marginal():
+    abar = alphas_cumprod(linear_betas())
+    N = 20000
+    x_T = torch.randn(N, 4, generator=torch.Generator().manual_seed(0))
+    x0 = ddpm_sample(_gaussian_denoiser(GAUSS_MU, GAUSS_S, abar), x_T, abar, generator=torch.Generator().manual_seed(1))
+    mean_err, var_err = _moment_errors(x0, GAUSS_MU, GAUSS_S, abar)
+    assert mean_err < 4 * GAUSS_S.max().item() / math.sqrt(N)            # 4 Monte Carlo standard errors
+    # 'fixed_small' (beta~_t) leaves out Var(x0 | x_t) from the reverse step, a known slight under-dispersion
+    # (Ho et al. 2020); measured 1-2% here with 1e5 samples. Monte Carlo standard error of var / var: sqrt(2 / N) = 1%.
+    assert var_err < 0.02 + 3 * math.sqrt(2 / N)
+
+
+def test_ddpm_sample_matches_diffusers_with_the_same_seed():
+    diffusers = pytest.importorskip("diffusers", reason=DIFFUSERS_REASON)
+    abar = alphas_cumprod(linear_betas())
+    denoiser = _gaussian_denoiser(GAUSS_MU, GAUSS_S, abar)
+    x_T = torch.randn(64, 4, generator=torch.Generator().manual_seed(2))
+    scheduler = diffusers.DDPMScheduler(num_train_timesteps=1000, beta_schedule="linear", variance_type="fixed_small",
+                                        prediction_type="sample", clip_sample=False)
+    g, x = torch.Generator().manual_seed(3), x_T
+    for t in scheduler.timesteps:
+        x = scheduler.step(denoiser(x, t.expand(64)), t, x, generator=g).prev_sample
+    ours = ddpm_sample(denoiser, x_T, abar, generator=torch.Generator().manual_seed(3))
+    assert (ours - x).abs().max().item() < 1e-4
+
+
+def test_samplers_reject_bad_arguments():
+    abar = alphas_cumprod(linear_betas())
+    x_T = torch.randn(2, 3)
+    with pytest.raises(ValueError, match="order"):
+        dpm_solver_pp(lambda x, t: x, x_T, abar, order=3)
+    with pytest.raises(ValueError, match="steps"):
+        dpm_solver_pp(lambda x, t: x, x_T, abar, steps=0)
+
+
+# =====================================================================================================================
+# train.py and sample.py: end to end, resume, ablation switches, sampling
+# =====================================================================================================================
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    """A 24-motion synthetic dataset and a one-epoch MoCLIP on it: enough to run train.py end to end in seconds."""
+    root = tmp_path_factory.mktemp("synthetic")
+    synthetic.generate_dataset(root, num_motions=24, seed=0, progress=False)
+    ckpt = moclip.train_moclip("synthetic", data_root=root, out=root / "moclip.pt", epochs=1, stage1_epochs=1,
+                               batch_size=8, progress=False)
+    return root, ckpt
+
+
+def _train(tiny, out_dir, steps, *extra):
+    root, ckpt = tiny
+    return train.main(["--dataset", "synthetic", "--data-root", str(root), "--moclip-checkpoint", str(ckpt),
+                       "--steps", str(steps), "--batch-size", "4", "--out-dir", str(out_dir), "--log-every", "1",
+                       "--save-every", "3", "--sample-every", "0", "--anchor-decay-steps", "4", *extra])
+
+
+def test_resume_is_exact(tiny, tmp_path):
+    # 6 steps straight vs 3 steps, stop, --resume to 6: every parameter, EMA weight and optimiser moment identical.
+    _train(tiny, tmp_path / "straight", 6)
+    _train(tiny, tmp_path / "resumed", 3)
+    _train(tiny, tmp_path / "resumed", 6, "--resume")
+    a = torch.load(tmp_path / "straight" / "checkpoint.pt", weights_only=True)
+    b = torch.load(tmp_path / "resumed" / "checkpoint.pt", weights_only=True)
+    assert a["step"] == b["step"] == 6
+    for key in ("model", "ema_unet"):
+        assert a[key].keys() == b[key].keys()
+        for name in a[key]:
+            assert torch.equal(a[key][name], b[key][name]), f"{key}.{name} differs after resume"
+    for sa, sb in zip(a["optimizer"]["state"].values(), b["optimizer"]["state"].values()):
+        assert torch.equal(sa["exp_avg"], sb["exp_avg"]) and torch.equal(sa["exp_avg_sq"], sb["exp_avg_sq"])
+    # the log of the resumed run continues where it stopped, and zeta follows Eq. (11) with N = 4
+    rows = list(csv.DictReader(open(tmp_path / "resumed" / "log.csv")))
+    assert [int(r["step"]) for r in rows] == [1, 2, 3, 4, 5, 6]
+    for r in rows:
+        assert float(r["zeta"]) == pytest.approx(cosine_anchor_weight(int(r["step"]), 4), abs=1e-6)
+    assert float(rows[-1]["zeta"]) == 0.0 and float(rows[0]["fre"]) > 0 and float(rows[0]["tem"]) > 0
+
+
+def test_ablation_flags_remove_their_parts(tiny, tmp_path):
+    final = _train(tiny, tmp_path / "no_anchors", 1, "--no-anchors")
+    state = torch.load(tmp_path / "no_anchors" / "checkpoint.pt", weights_only=True)
+    assert not any(k.startswith("anchor.") for k in state["model"])
+    rows = list(csv.DictReader(open(tmp_path / "no_anchors" / "log.csv")))
+    assert float(rows[0]["fre"]) == 0.0 and float(rows[0]["tem"]) == 0.0
+    _train(tiny, tmp_path / "no_film", 1, "--no-film", "--no-tem", "--anchor-block", "mid", "--dct-k", "8")
+    keys = torch.load(tmp_path / "no_film" / "checkpoint.pt", weights_only=True)["model"].keys()
+    assert any(k.startswith("anchor.freq_proj.") for k in keys)
+    assert not any("film" in k or k.startswith("anchor.tem_proj.") for k in keys)
+    assert final.is_file()
+
+
+def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tiny, tmp_path):
+    _train(tiny, tmp_path, 3)
+    good = torch.load(tmp_path / "checkpoint.pt", weights_only=True)
+    with pytest.raises(SystemExit, match="last good checkpoint"):
+        _train(tiny, tmp_path, 9, "--resume", "--lr", "1e30", "--grad-clip", "1e30")
+    kept = torch.load(tmp_path / "checkpoint.pt", weights_only=True)
+    assert kept["step"] == 3
+    assert all(torch.equal(good["model"][k], kept["model"][k]) for k in good["model"])
+
+
+def test_sample_from_the_final_checkpoint(tiny, tmp_path):
+    final = _train(tiny, tmp_path / "run", 2)
+    model = sample.load_model(final, device="cpu")
+    joints = model.generate(["a person jumps", "a person waves"], [40, 57], steps=3)
+    assert [j.shape for j in joints] == [(40, 22, 3), (57, 22, 3)] and all(np.isfinite(j).all() for j in joints)
+    # the deterministic sampler is a pure function of the seed
+    a = model.generate_features(["a person jumps"], [40], steps=3, sampler="dpmsolver++", seed=1)[0]
+    b = model.generate_features(["a person jumps"], [40], steps=3, sampler="dpmsolver++", seed=1)[0]
+    assert np.array_equal(a, b)
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("a person jumps#44\na person squats\n")
+    sample.main(["--checkpoint", str(final), "--text-file", str(prompts), "--seconds", "2.5", "--steps", "2",
+                 "--out", str(tmp_path / "out"), "--device", "cpu"])
+    for stem in ("00_a_person_jumps_0", "01_a_person_squats_0"):
+        assert (tmp_path / "out" / f"{stem}.gif").is_file() and (tmp_path / "out" / f"{stem}.png").is_file()
+    assert np.load(tmp_path / "out" / "00_a_person_jumps_0_joints.npy").shape == (44, 22, 3)
+    assert np.load(tmp_path / "out" / "01_a_person_squats_0.npy").shape == (50, 263)
+
+
+def test_sample_rejects_bad_requests(tiny, tmp_path):
+    final = _train(tiny, tmp_path / "run", 1)
+    model = sample.load_model(final, device="cpu")
+    with pytest.raises(ValueError, match="outside 1..196"):
+        model.generate(["a person jumps"], [300])
+    with pytest.raises(ValueError, match="empty text"):
+        model.generate(["  "], [40])
+    with pytest.raises(FileNotFoundError, match="no checkpoint"):
+        sample.load_model(tmp_path / "missing.pt")
+    with pytest.raises(ValueError, match="not a LUMA checkpoint"):
+        sample.load_model(tiny[1])                                  # a MoCLIP checkpoint
+    with pytest.raises(SystemExit):
+        sample.main(["--checkpoint", str(final), "--text", "a person jumps", "--seconds", "20"])

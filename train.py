@@ -1,0 +1,345 @@
+"""
+Train LUMA: the StableMoFusion UNet with LUMA's dual anchors (paper Sec. 3.2, Alg. 1).
+
+    python train.py --dataset synthetic      # offline, CPU: generates data, trains MoCLIP, then LUMA (~15 min)
+    python train.py --dataset humanml3d      # the paper's configuration on a CUDA GPU
+
+One training step (Alg. 1):
+    x_t = sqrt(a_t) x0 + sqrt(1 - a_t) eps                                   Eq. (1)
+    x0_hat, h = UNet(x_t, t, MoCLIP_text_tokens(c))                          Eq. (2), text dropped w.p. 0.1 for Eq. (3)
+    z_fre, z_tem = DualAnchor(h, t)                                          Eq. (4)-(7)
+    L = L_DDPM + zeta(n) (lambda_fre L_fre + lambda_tem L_tem)                Eq. (8)-(11)
+
+Everything the paper fixes is a default here; every ablation of Tables 2-4 is a flag. MoCLIP (App. B) is trained
+first by moclip.py when no --moclip-checkpoint is given. The run folder holds a resumable checkpoint, a CSV of the
+loss terms and zeta, sample animations, and a self-contained final checkpoint for sample.py / evaluate.py.
+"""
+
+import argparse
+import csv
+import math
+import random
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from anchors import AnchorWeighting, DualAnchor, dual_anchor_loss
+from data import DATA_ROOTS, KINDS, MAX_MOTION_LENGTH, MotionDataset
+from diffusion import alphas_cumprod, linear_betas, masked_mse, q_sample
+from moclip import MoCLIP, load_moclip, moclip_state, save_checkpoint, train_moclip
+from unet import PRESETS as UNET_PRESETS, UNet
+
+
+# Training presets. "paper" is Sec. 4 / StableMoFusion's recipe; "small" fits a 2-core CPU in minutes.
+PRESETS = {
+    "paper": dict(unet="paper", batch_size=64, steps=50_000, lr=2e-4, lr_decay_every=5_000, ema_decay=0.99317,
+                  ema_every=32, anchor_decay_steps=30_000, anchor_hidden=1024, log_every=100, save_every=5_000,
+                  sample_every=10_000),
+    "small": dict(unet="small", batch_size=32, steps=2_000, lr=5e-4, lr_decay_every=500, ema_decay=0.995,
+                  ema_every=1, anchor_decay_steps=1_200, anchor_hidden=256, log_every=20, save_every=500,
+                  sample_every=1_000),
+}
+SAMPLE_PROMPTS = ["a person jumps", "a person waves with the right hand", "a person walks forward then turns left"]
+
+
+def get_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    g = p.add_argument_group("data")
+    g.add_argument("--dataset", default="synthetic", choices=["humanml3d", "kit", "synthetic"])
+    g.add_argument("--data-root", default=None, help="dataset folder (default: data/HumanML3D, data/KIT-ML, data/synthetic)")
+    g.add_argument("--synthetic-motions", type=int, default=None,
+                   help="motions in the synthetic dataset (default: the existing one, or 2000 if none)")
+    g.add_argument("--feat-bias", type=float, default=5.0, help="root and foot-contact std divided by this (backbone)")
+    g = p.add_argument_group("model")
+    g.add_argument("--preset", choices=list(PRESETS), default=None,
+                   help="paper (default for humanml3d/kit) or small (default for synthetic; CPU-sized)")
+    g.add_argument("--moclip-checkpoint", default=None, help="frozen MoCLIP; trained first by moclip.py if omitted")
+    g.add_argument("--text-encoder", choices=["moclip", "clip"], default="moclip",
+                   help="cross-attention text features: MoCLIP's fine-tuned tower or plain CLIP (Table 2 'w/o MoCLIP')")
+    g.add_argument("--clip-model", default=None, help="open_clip text tower for --text-encoder clip (default: MoCLIP's)")
+    g.add_argument("--clip-pretrained", default=None, help="its weights, or 'none' (default: MoCLIP's)")
+    g = p.add_argument_group("dual anchors (Sec. 3.2; ablations of Tables 2-4)")
+    g.add_argument("--no-anchors", action="store_true", help="no dual anchor loss at all (Table 2 'w/o DAL')")
+    g.add_argument("--no-fre", action="store_true", help="no frequency anchor (Table 2 'w/o L_fre')")
+    g.add_argument("--no-tem", action="store_true", help="no temporal anchor (Table 2 'w/o L_tem')")
+    g.add_argument("--no-film", action="store_true", help="no timestep-aware FiLM (Table 2 'w/o FiLM')")
+    g.add_argument("--anchor-block", default="down3", choices=["down1", "down2", "down3", "mid"],
+                   help="where the anchors tap the UNet (Table 3; 'mid' = Bottleneck)")
+    g.add_argument("--dct-k", type=int, default=64, help="low-frequency DCT coefficients kept (Table 3)")
+    g.add_argument("--anchor-weighting", default="cosine", choices=["cosine", "static", "learnable"],
+                   help="zeta(n): Eq. (11) cosine decay, or Table 4's static / learnable alternatives")
+    g.add_argument("--anchor-decay-steps", type=int, default=None, help="N of Eq. (11) (paper silent; 30k of 50k)")
+    g.add_argument("--lambda-fre", type=float, default=0.1, help="weight of L_fre in Eq. (10) (App. D)")
+    g.add_argument("--lambda-tem", type=float, default=0.5, help="weight of L_tem in Eq. (10) (App. D)")
+    g = p.add_argument_group("optimisation")
+    g.add_argument("--steps", type=int, default=None, help="training steps (paper 50k)")
+    g.add_argument("--batch-size", type=int, default=None, help="batch size (paper 64)")
+    g.add_argument("--lr", type=float, default=None, help="AdamW learning rate (paper 2e-4)")
+    g.add_argument("--lr-decay-every", type=int, default=None, help="multiply the lr by 0.9 every this many steps")
+    g.add_argument("--weight-decay", type=float, default=0.01)
+    g.add_argument("--grad-clip", type=float, default=1.0, help="global gradient-norm clip")
+    g.add_argument("--ema-decay", type=float, default=None, help="EMA decay per EMA update")
+    g.add_argument("--ema-every", type=int, default=None, help="steps between EMA updates")
+    g.add_argument("--cond-drop", type=float, default=0.1, help="probability of dropping the text (CFG, Eq. 3)")
+    g.add_argument("--precision", default="fp32", choices=["fp32", "tf32", "bf16"], help="bf16 = autocast on CUDA")
+    g.add_argument("--compile", action="store_true", help="torch.compile the UNet (CUDA)")
+    g = p.add_argument_group("run")
+    g.add_argument("--out-dir", default=None, help="run folder (default runs/luma_<dataset>)")
+    g.add_argument("--resume", action="store_true", help="continue from <out-dir>/checkpoint.pt")
+    g.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    g.add_argument("--seed", type=int, default=0)
+    g.add_argument("--log-every", type=int, default=None)
+    g.add_argument("--save-every", type=int, default=None, help="steps between checkpoints")
+    g.add_argument("--sample-every", type=int, default=None, help="steps between sample animations (0: never)")
+    args = p.parse_args(argv)
+
+    args.preset = args.preset or ("small" if args.dataset == "synthetic" else "paper")
+    for key, value in PRESETS[args.preset].items():
+        if getattr(args, key, None) is None:
+            setattr(args, key, value)
+    args.data_root = args.data_root or DATA_ROOTS[args.dataset]
+    args.out_dir = args.out_dir or f"runs/luma_{args.dataset}"
+    if args.no_anchors:
+        args.no_fre = args.no_tem = True
+    if args.precision == "bf16" and not args.device.startswith("cuda"):
+        p.error("--precision bf16 is autocast on CUDA; on a CPU use --precision fp32")
+    if not 1 <= args.dct_k <= MAX_MOTION_LENGTH:
+        p.error(f"--dct-k must be between 1 and {MAX_MOTION_LENGTH} (the training window), got {args.dct_k}")
+    return args
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Model: UNet + dual-anchor heads, trained together
+
+class LUMA(torch.nn.Module):
+    """The trainable parts: the UNet denoiser G_theta, the anchor projectors + FiLM, and the anchor weighting."""
+
+    def __init__(self, unet, anchor, weighting):
+        super().__init__()
+        self.unet, self.anchor, self.weighting = unet, anchor, weighting
+
+    def forward(self, x_t, t, text_tokens, cond_mask, lengths):
+        """x_t (B, T, D), t (B,) -> x0_hat (B, T, D), z_fre (B, k, D) | None, z_tem (B, D_a) | None."""
+        x0_hat, h = self.unet(x_t, t, text_tokens, cond_mask)                # h: (B, C, T')
+        if self.anchor is None:
+            return x0_hat, None, None
+        valid = torch.arange(h.shape[-1], device=h.device) * self.unet.anchor_downsample < lengths[:, None]  # (B, T')
+        z_fre, z_tem = self.anchor(h, t, valid)                              # Eq. (6), (7)
+        return x0_hat, z_fre, z_tem
+
+
+def build_model(args, motion_dim, text_width, anchor_dim):
+    """The UNet of the chosen preset and, unless --no-anchors, the dual anchor of Sec. 3.2."""
+    unet = UNet(motion_dim, text_width, anchor_block=args.anchor_block, **UNET_PRESETS[args.unet])
+    anchor = None
+    if not (args.no_fre and args.no_tem):
+        anchor = DualAnchor(unet.anchor_channels, motion_dim, unet.anchor_frames(MAX_MOTION_LENGTH), anchor_dim,
+                            dct_k=args.dct_k, hidden=args.anchor_hidden, time_dim=unet.time_dim,
+                            use_fre=not args.no_fre, use_tem=not args.no_tem, use_film=not args.no_film)
+    return LUMA(unet, anchor, AnchorWeighting(args.anchor_weighting, args.anchor_decay_steps))
+
+
+def build_text_encoder(args, moclip):
+    """The frozen text tower for cross-attention: MoCLIP's (default) or an un-fine-tuned CLIP (Table 2)."""
+    if args.text_encoder == "moclip":
+        return moclip
+    clip_model = args.clip_model or moclip.config["clip_model"]
+    clip_pretrained = args.clip_pretrained or moclip.config["clip_pretrained"]
+    return MoCLIP(moclip.config["motion_dim"], clip_model=clip_model, clip_pretrained=clip_pretrained,
+                  text_config=moclip.config.get("text_config")).eval().requires_grad_(False)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Data: a batch is a pure function of (seed, step), so --resume replays exactly the same stream
+
+def get_batch(dataset, step, batch_size, seed, device):
+    """Batch `step` of an epoch-wise shuffled stream: (x0 (B, 196, D), lengths (B,), captions list[str])."""
+    per_epoch = len(dataset) // batch_size
+    epoch, i = divmod(step, per_epoch)
+    order = torch.randperm(len(dataset), generator=torch.Generator().manual_seed(seed * 100_003 + epoch))
+    random.seed(seed * 1_000_003 + step)                                   # random window + random caption
+    np.random.seed((seed * 1_000_003 + step) % 2**32)
+    items = [dataset[j] for j in order[i * batch_size:(i + 1) * batch_size].tolist()]
+    captions = [caption for caption, _, _ in items]
+    x0 = torch.from_numpy(np.stack([motion for _, motion, _ in items])).to(device)
+    lengths = torch.tensor([length for _, _, length in items], device=device)
+    return x0, lengths, captions
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# EMA and checkpoints (atomic writes via moclip.save_checkpoint, weights_only loads)
+
+@torch.no_grad()
+def update_ema(ema, model, decay, first):
+    """ema <- decay * ema + (1 - decay) * model; the first update copies (as the backbone's AveragedModel)."""
+    for e, p in zip(ema.parameters(), model.parameters()):
+        e.copy_(p) if first else e.lerp_(p, 1 - decay)
+    for e, b in zip(ema.buffers(), model.buffers()):
+        e.copy_(b)
+
+
+def inference_checkpoint(args, ema_unet, text_encoder, dataset, step):
+    """Everything sample.py / evaluate.py need, and nothing else: EMA UNet, text tower, config, normalisation."""
+    return {
+        "format": "luma", "step": step, "config": vars(args), "kind": dataset.kind,
+        "unet_config": ema_unet.config, "unet": ema_unet.state_dict(),
+        "text_encoder": moclip_state(text_encoder),
+        "mean": torch.from_numpy(dataset.mean), "std": torch.from_numpy(dataset.std),
+    }
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+
+def main(argv=None):
+    args = get_args(argv)
+    device = torch.device(args.device)
+    out_dir = Path(args.out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(args.seed)
+    if args.precision in ("tf32", "bf16"):
+        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
+
+    # Data (the synthetic set is generated on first use)
+    if args.dataset == "synthetic":
+        from synthetic import ensure_dataset
+        ensure_dataset(args.data_root, num_motions=args.synthetic_motions)  # its own seed: one dataset for every run
+    dataset = MotionDataset(args.data_root, split="train", kind=KINDS[args.dataset], mode="train",
+                            feat_bias=args.feat_bias)
+    if len(dataset) < args.batch_size:
+        sys.exit(f"error: the training split has {len(dataset)} samples, fewer than --batch-size {args.batch_size}")
+    motion_dim = dataset.mean.shape[0]
+
+    # MoCLIP (App. B): trained first unless given; frozen from here on
+    moclip_path = args.moclip_checkpoint
+    if moclip_path is None:
+        moclip_path = Path("checkpoints") / f"moclip_{args.dataset}.pt"
+        if moclip_path.exists():
+            print(f"using the existing MoCLIP checkpoint {moclip_path} (delete it or pass --moclip-checkpoint to change)")
+        else:
+            print(f"no --moclip-checkpoint given: training MoCLIP first -> {moclip_path}")
+            train_moclip(dataset=args.dataset, data_root=args.data_root, out=moclip_path, device=args.device,
+                         seed=args.seed)
+    moclip = load_moclip(moclip_path, device=device)
+    text_encoder = build_text_encoder(args, moclip).to(device)
+
+    # Model, EMA, optimiser
+    model = build_model(args, motion_dim, text_encoder.text_width, moclip.embed_dim).to(device)
+    ema_unet = UNet(motion_dim, text_encoder.text_width, anchor_block=args.anchor_block,
+                    **UNET_PRESETS[args.unet]).to(device).eval().requires_grad_(False)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=args.weight_decay,
+                                  fused=device.type == "cuda")
+    abar = alphas_cumprod(linear_betas(1000)).to(device)  # the paper's alpha_t of Eq. (1)
+    unet_step = torch.compile(model) if args.compile else model
+    n_params = sum(p.numel() for p in model.unet.parameters())
+    n_anchor = sum(p.numel() for p in model.anchor.parameters()) if model.anchor is not None else 0
+    print(f"UNet ({args.unet}): {n_params / 1e6:.2f} M parameters; anchor heads: {n_anchor / 1e6:.2f} M; "
+          f"{len(dataset)} training samples; device {device}")
+
+    step = 0
+    checkpoint_path = out_dir / "checkpoint.pt"
+    if args.resume:
+        if not checkpoint_path.exists():
+            sys.exit(f"error: --resume given but {checkpoint_path} does not exist (check --out-dir)")
+        state = torch.load(checkpoint_path, map_location=device, weights_only=True)
+        model.load_state_dict(state["model"])
+        ema_unet.load_state_dict(state["ema_unet"])
+        optimizer.load_state_dict(state["optimizer"])
+        torch.set_rng_state(state["rng_cpu"])
+        if device.type == "cuda" and state.get("rng_cuda") is not None:
+            torch.cuda.set_rng_state(state["rng_cuda"])
+        step = state["step"]
+        print(f"resumed from {checkpoint_path} at step {step}")
+
+    def save(path):
+        save_checkpoint({
+            **inference_checkpoint(args, ema_unet, text_encoder, dataset, step),
+            "model": model.state_dict(), "ema_unet": ema_unet.state_dict(), "optimizer": optimizer.state_dict(),
+            "rng_cpu": torch.get_rng_state(),
+            "rng_cuda": torch.cuda.get_rng_state() if device.type == "cuda" else None,
+        }, path)
+
+    log_path = out_dir / "log.csv"
+    log_file = open(log_path, "a" if args.resume else "w", newline="")
+    log = csv.writer(log_file)
+    if not args.resume:
+        log.writerow(["step", "loss", "ddpm", "fre", "tem", "zeta", "lr", "seconds_per_step"])
+    autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=args.precision == "bf16")
+    bar = tqdm(total=args.steps, initial=step, desc="LUMA", dynamic_ncols=True)
+    last_good = last_logged = step
+    t_last = time.time()
+    model.train()
+    while step < args.steps:
+        lr = args.lr * 0.9 ** (step // args.lr_decay_every)                 # ExponentialLR(0.9) every N steps
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        x0, lengths, captions = get_batch(dataset, step, args.batch_size, args.seed, device)
+        B = x0.shape[0]
+        t = torch.randint(0, 1000, (B,), device=device)                        # t ~ U[0, T)
+        noise = torch.randn_like(x0)
+        x_t = q_sample(x0, t, noise, abar)                         # Eq. (1)
+        cond_mask = torch.rand(B, device=device) >= args.cond_drop            # null condition for CFG, Eq. (3)
+        with torch.no_grad():
+            text_tokens = text_encoder.encode_text_tokens(captions)           # (B, 77, W), frozen
+            target_tem = moclip.encode_motion(x0, lengths) if not args.no_tem else None   # f_tem(x0), frozen
+        with autocast:
+            x0_hat, z_fre, z_tem = unet_step(x_t, t, text_tokens, cond_mask, lengths)
+        loss_ddpm = masked_mse(x0_hat.float(), x0, lengths)                    # Eq. (2)
+        anchor_loss, terms = dual_anchor_loss(_float(z_fre), _float(z_tem), x0, target_tem,
+                                              args.lambda_fre, args.lambda_tem)  # Eq. (8), (9)
+        zeta = model.weighting(step + 1)                # Eq. (11) or Table 4; n = 1..N_train as in Alg. 1
+        loss = loss_ddpm + model.weighting.weigh(zeta, anchor_loss)            # Eq. (10)
+
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), args.grad_clip)
+        optimizer.step()
+        if step % args.ema_every == 0:
+            update_ema(ema_unet, model.unet, args.ema_decay, first=step == 0)
+        step += 1
+        bar.update(1)
+
+        saving = step % args.save_every == 0 or step == args.steps
+        if step % args.log_every == 0 or saving:                               # a NaN is never saved
+            values = [loss.item(), loss_ddpm.item(), *(terms[k].item() if k in terms else 0.0 for k in ('fre', 'tem')),
+                      zeta.item()]
+            if not all(math.isfinite(v) for v in values):
+                log_file.close()
+                sys.exit(f"error: the loss became {values[0]} at step {step}; stopping without saving. The last good "
+                         f"checkpoint (step {last_good}) is {checkpoint_path}. Try a lower --lr or --precision fp32.")
+            seconds = (time.time() - t_last) / (step - last_logged)
+            t_last, last_logged = time.time(), step
+            log.writerow([step, *[f"{v:.6g}" for v in values], f"{lr:.3g}", f"{seconds:.4f}"])
+            log_file.flush()
+            bar.set_postfix(loss=f"{values[0]:.4f}", ddpm=f"{values[1]:.4f}", fre=f"{values[2]:.3f}",
+                            tem=f"{values[3]:.3f}", zeta=f"{values[4]:.2f}")
+        if saving:
+            save(checkpoint_path)
+            last_good = step
+        if args.sample_every and (step % args.sample_every == 0 or step == args.steps):
+            render_samples(ema_unet, text_encoder, dataset, out_dir / "samples" / f"step_{step:06d}", device)
+    bar.close()
+    log_file.close()
+    final_path = out_dir / "final.pt"
+    save_checkpoint(inference_checkpoint(args, ema_unet, text_encoder, dataset, step), final_path)
+    print(f"done: {step} steps. Final checkpoint (EMA UNet + text tower + stats): {final_path}\n"
+          f"  log: {log_path}\n  try: python sample.py --checkpoint {final_path} --text \"a person jumps\"")
+    return final_path
+
+
+def _float(z):
+    return None if z is None else z.float()
+
+
+def render_samples(ema_unet, text_encoder, dataset, folder, device):
+    """A few animations from the EMA model, to watch training progress."""
+    from sample import LUMASampler
+    sampler = LUMASampler(ema_unet, text_encoder, dataset.mean, dataset.std, dataset.kind)
+    sampler.write(SAMPLE_PROMPTS, [120] * len(SAMPLE_PROMPTS), folder, seed=0)
+
+
+if __name__ == "__main__":
+    main()
