@@ -426,7 +426,7 @@ def train_moclip(dataset="synthetic", data_root=None, out=None, clip_model=None,
         if improved:
             save_checkpoint(checkpoint(), out)
         save_checkpoint({**checkpoint(), "optimizer": optimizer.state_dict(), "hparams": hp, "best_val": best_val,
-               "bad_epochs": bad_epochs, "rng": torch.get_rng_state()}, last_path)
+                         "bad_epochs": bad_epochs, "rng": torch.get_rng_state()}, last_path)
     print(f"MoCLIP: best validation loss {best_val:.4f} -> {out}")
     return out
 

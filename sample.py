@@ -96,14 +96,15 @@ def load_model(path, device=None):
         raise FileNotFoundError(f"no checkpoint at {path}. train.py writes runs/luma_<dataset>/final.pt; "
                                 f"pass that path with --checkpoint.")
     try:
-        state = torch.load(path, map_location=device, weights_only=True)
+        state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:
         raise ValueError(f"{path} is not a readable PyTorch checkpoint ({type(error).__name__}: {error})") from None
     if not isinstance(state, dict) or state.get("format") != "luma":
         raise ValueError(f"{path} is not a LUMA checkpoint written by train.py (a MoCLIP checkpoint? those are "
                          f"for --moclip-checkpoint). Pass runs/<run>/final.pt.")
-    unet = UNet(**state["unet_config"]).to(device)
+    unet = UNet(**state["unet_config"])
     unet.load_state_dict(state["unet"])
+    unet.to(device)
     text_encoder = moclip_from_state(state["text_encoder"]).to(device)
     return LUMASampler(unet, text_encoder, state["mean"].numpy(), state["std"].numpy(), state["kind"])
 

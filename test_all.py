@@ -1800,6 +1800,9 @@ def test_samplers_reject_bad_arguments():
 # train.py and sample.py: end to end, resume, ablation switches, sampling
 # =====================================================================================================================
 
+REPO = Path(train.__file__).resolve().parent      # where the scripts live
+
+
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
     """A 24-motion synthetic dataset and a one-epoch MoCLIP on it: enough to run train.py end to end in seconds."""
@@ -1850,6 +1853,12 @@ def test_ablation_flags_remove_their_parts(tiny, tmp_path):
     assert any(k.startswith("anchor.freq_proj.") for k in keys)
     assert not any("film" in k or k.startswith("anchor.tem_proj.") for k in keys)
     assert final.is_file()
+    # "w/o MoCLIP" (Table 2): the cross-attention text comes from an un-fine-tuned tower of MoCLIP's configuration
+    clip_final = _train(tiny, tmp_path / "clip_text", 1, "--text-encoder", "clip")
+    text = torch.load(clip_final, weights_only=True)["text_encoder"]
+    ours = torch.load(tiny[1], weights_only=True)
+    assert text["config"]["text_config"] == ours["config"]["text_config"]
+    assert not torch.equal(text["model"]["text.text_projection"], ours["model"]["text.text_projection"])
 
 
 def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tiny, tmp_path):
@@ -1894,3 +1903,10 @@ def test_sample_rejects_bad_requests(tiny, tmp_path):
         sample.load_model(tiny[1])                                  # a MoCLIP checkpoint
     with pytest.raises(SystemExit):
         sample.main(["--checkpoint", str(final), "--text", "a person jumps", "--seconds", "20"])
+
+
+def test_train_cli_reports_a_missing_dataset_without_a_traceback(tmp_path):
+    result = subprocess.run([sys.executable, "train.py", "--dataset", "humanml3d", "--data-root", str(tmp_path / "none"),
+                             "--out-dir", str(tmp_path / "run")], capture_output=True, text=True, cwd=REPO)
+    assert result.returncode != 0 and "Traceback" not in result.stderr
+    assert "new_joint_vecs" in result.stderr and "HumanML3D" in result.stderr    # names the expected layout
