@@ -27,6 +27,8 @@ from diffusion import alphas_cumprod, ddpm_sample, dpm_solver_pp, guided_x0, lin
 from moclip import moclip_from_state
 from unet import UNet
 
+# The paper says "DPM-Solver, 10 steps"; the default is the backbone's SDE variant with Karras steps.
+# Paper is silent here; see README "Choices"
 SAMPLERS = ["sde-dpmsolver++", "dpmsolver++", "ddpm"]
 
 

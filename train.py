@@ -37,6 +37,8 @@ from unet import PRESETS as UNET_PRESETS, UNet
 # Training presets. "paper" is Sec. 4 / StableMoFusion's recipe; "small" fits a 2-core CPU in minutes (the README's
 # main command takes under 20 minutes end to end; 2,000 steps are needed: at 1,000 "jumps" did not yet jump).
 PRESETS = {
+    # N of Eq. (11) = 30,000: Paper is silent here; see README "Choices". EMA every 32 steps at 0.99317 is the
+    # backbone's effective AveragedModel setting.
     "paper": dict(unet="paper", batch_size=64, steps=50_000, lr=2e-4, lr_decay_every=5_000, ema_decay=0.99317,
                   ema_every=32, anchor_decay_steps=30_000, anchor_hidden=1024, log_every=100, save_every=5_000,
                   sample_every=10_000),
