@@ -3,7 +3,7 @@ The LUMA test suite: a specification of every component, runnable on a CPU in mi
 
     python -m pytest -q test_all.py
 
-Sections follow the components (data, synthetic, moclip, unet, anchors + diffusion, train + sample). Reference
+Sections follow the components (data, synthetic, moclip, unet, anchors + diffusion, train + sample, evaluate). Reference
 implementations (scipy's DCT and Gaussian filter, diffusers' DPM-Solver++ and DDPM) are test-only dependencies; a test
 that needs one says so in its skip reason when it is missing. Golden data comes from ../shared/reference/.
 """
@@ -11,6 +11,7 @@ that needs one says so in its skip reason when it is missing. Golden data comes 
 import csv
 import json
 import math
+import os
 import random
 import re
 import socket
@@ -25,7 +26,9 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 import data
+import evaluate
 import moclip
+import pickle
 import sample
 import synthetic
 import train
@@ -33,6 +36,10 @@ from anchors import (AnchorWeighting, DualAnchor, FiLM, cosine_anchor_weight, dc
     frequency_anchor_loss, idct, lowfreq_dct, temporal_anchor_loss)
 from diffusion import (alphas_cumprod, ddpm_sample, dpm_solver_pp, dpm_solver_schedule, guided_x0, linear_betas,
     masked_mse, q_sample)
+from evaluate import (POS_CLASSES, RestrictedUnpickler, T2MEvaluator, WordVectorizer, activation_statistics,
+    dct_spectrum, diversity, energy_share, euclidean_distance_matrix, evaluator_text_input, frechet_distance,
+    gradient_flow, load_eval_meta, load_evaluator, matching_score, mean_ci, multimodality, plot_gradient_flow,
+    r_precision, restricted_load, results_table, save_evaluator, to_eval_space, write_results_json)
 from moclip import (MoCLIP, contrastive_loss, load_moclip, moclip_from_state, moclip_state, retrieval_eval, set_stage,
     topk_accuracy)
 from unet import ANCHOR_BLOCKS, FrameGroupNorm, PRESETS, UNet, timestep_embedding
@@ -1910,3 +1917,344 @@ def test_train_cli_reports_a_missing_dataset_without_a_traceback(tmp_path):
                              "--out-dir", str(tmp_path / "run")], capture_output=True, text=True, cwd=REPO)
     assert result.returncode != 0 and "Traceback" not in result.stderr
     assert "new_joint_vecs" in result.stderr and "HumanML3D" in result.stderr    # names the expected layout
+
+
+# =====================================================================================================================
+# evaluate.py: the standard evaluator (B.2-B.4), metrics (B.8), gradient flow, DCT spectrum
+# =====================================================================================================================
+
+def _random_spd(rng, d):
+    a = rng.normal(size=(d, d))
+    return a @ a.T / d + 0.1 * np.eye(d)
+
+
+# --- metrics ---------------------------------------------------------------
+
+def test_fid_identical_statistics_is_zero_and_mean_shift_is_squared_norm():
+    rng = np.random.default_rng(0)
+    mu, sigma = rng.normal(size=8), _random_spd(rng, 8)
+    assert abs(frechet_distance(mu, sigma, mu, sigma)) < 1e-9
+    delta = rng.normal(size=8)
+    assert frechet_distance(mu + delta, sigma, mu, sigma) == pytest.approx(delta @ delta, abs=1e-9)
+
+
+def test_fid_matches_scipy_sqrtm_reference():
+    linalg = pytest.importorskip("scipy.linalg", reason="scipy is the test-only reference for sqrtm")
+    rng = np.random.default_rng(1)
+    for d in (3, 16, 64):
+        mu1, mu2 = rng.normal(size=d), rng.normal(size=d)
+        s1, s2 = _random_spd(rng, d), _random_spd(rng, d)
+        covmean = linalg.sqrtm(s1 @ s2).real
+        ref = (mu1 - mu2) @ (mu1 - mu2) + np.trace(s1) + np.trace(s2) - 2 * np.trace(covmean)
+        assert frechet_distance(mu1, s1, mu2, s2) == pytest.approx(ref, rel=1e-7, abs=1e-8)
+
+
+def test_fid_on_activations_and_singular_covariance():
+    rng = np.random.default_rng(2)
+    acts = rng.normal(size=(10, 32))           # N < d: rank-deficient covariance, still finite and ~0 to itself
+    mu, sigma = activation_statistics(acts)
+    assert sigma.shape == (32, 32) and np.allclose(sigma, np.cov(acts, rowvar=False))
+    # zero eigenvalues carry ~1e-16 round-off whose square roots (~1e-8 each) add up: tiny vs tr(sigma) ~ 32
+    assert abs(frechet_distance(mu, sigma, mu, sigma)) < 1e-5
+    with pytest.raises(ValueError, match="shape mismatch"):
+        frechet_distance(mu, sigma, mu[:3], sigma[:3, :3])
+
+
+def test_euclidean_distance_matrix():
+    rng = np.random.default_rng(3)
+    a, b = rng.normal(size=(5, 7)), rng.normal(size=(4, 7))
+    ref = np.linalg.norm(a[:, None] - b[None], axis=2)
+    assert np.allclose(euclidean_distance_matrix(a, b), ref)
+    assert np.all(np.diag(euclidean_distance_matrix(a, a)) < 1e-6)    # no NaN from round-off
+
+
+def test_r_precision_on_constructed_distances():
+    # Row i: own motion at rank r_i (0-based) -> hit@1 only rank 0, hit@2 ranks 0-1, hit@3 ranks 0-2.
+    ranks = [0, 1, 2, 3, 0, 5, 1, 0]
+    n = len(ranks)
+    dist = np.zeros((n, n))
+    for i, r in enumerate(ranks):
+        others = [j for j in range(n) if j != i]
+        order = others[:r] + [i] + others[r:]
+        dist[i, order] = np.arange(n) + 1.0
+    assert np.allclose(r_precision(dist, top_k=3), [3 / 8, 5 / 8, 6 / 8])
+
+
+def test_matching_score_is_mean_diagonal():
+    dist = np.array([[1.0, 9.0, 9.0], [9.0, 2.0, 9.0], [9.0, 9.0, 6.0]])
+    assert matching_score(dist) == pytest.approx(3.0)
+
+
+def test_diversity_and_multimodality_on_equidistant_points():
+    # Scaled one-hot points: every pair of distinct points is exactly c*sqrt(2) apart, a point is 0 from itself.
+    c, n = 3.0, 400
+    acts = c * np.eye(n)
+    rng = np.random.default_rng(4)
+    ref_rng = np.random.default_rng(5)                        # replay the draws diversity() makes
+    i1, i2 = ref_rng.choice(n, 300, replace=False), ref_rng.choice(n, 300, replace=False)
+    same = np.mean(i1 == i2)                                  # pairs that happen to coincide contribute 0
+    assert diversity(acts, 300, np.random.default_rng(5)) == pytest.approx(c * np.sqrt(2) * (1 - same))
+    assert 0 < diversity(acts, 300, rng) <= c * np.sqrt(2) + 1e-12
+    with pytest.raises(ValueError, match="more than 300"):
+        diversity(acts[:300], 300, rng)
+    # MultiModality: 30 generations per caption, equidistant within each caption.
+    mm = np.stack([c * np.eye(30), 2 * c * np.eye(30)])      # (M=2, 30, 30)
+    ref_rng = np.random.default_rng(6)
+    j1, j2 = ref_rng.choice(30, 10, replace=False), ref_rng.choice(30, 10, replace=False)
+    frac = np.mean(j1 != j2)
+    assert multimodality(mm, 10, np.random.default_rng(6)) == pytest.approx(1.5 * c * np.sqrt(2) * frac)
+    identical = np.repeat(np.ones((1, 1, 4)), 30, axis=1)
+    assert multimodality(identical, 10, rng) == 0.0
+
+
+def test_mean_ci_uses_population_std():
+    values = [1.0, 2.0, 3.0, 4.0]
+    mean, ci = mean_ci(values)
+    assert mean == 2.5 and ci == pytest.approx(1.96 * np.std(values) / 2)
+
+
+def test_results_table_and_json(tmp_path):
+    results = {"Real": {"FID": [0.0, 0.002], "Top1": [0.5, 0.52], "MultiModality": []},
+               "LUMA": {"FID": [0.1, 0.3], "MultiModality": [2.0, 2.0]}}
+    table = results_table(results).splitlines()
+    assert table[0].startswith("| Method | FID") and len(table) == 4
+    assert "| Real | 0.001 ± 0.001 | 0.510 ± 0.014 |" in table[2] and table[2].endswith("| - |")
+    assert "0.200 ± 0.139" in table[3] and "2.000 ± 0.000" in table[3]
+    import json
+    data = json.loads(write_results_json(results, tmp_path / "r.json", command="test").read_text())
+    assert data["results"]["LUMA"]["FID"]["mean"] == pytest.approx(0.2) and "MultiModality" not in data["results"]["Real"]
+
+
+# --- evaluator networks ------------------------------------------------------
+
+def _expected_keys(d_in):
+    def gru(h, i):
+        return {f"gru.{w}_{kind}_l0{rev}": ((3 * h, i if kind == "ih" else h) if w == "weight" else (3 * h,))
+                for w in ("weight", "bias") for kind in ("ih", "hh") for rev in ("", "_reverse")}
+    movement = {"main.0.weight": (512, d_in, 4), "main.0.bias": (512,), "main.3.weight": (512, 512, 4),
+                "main.3.bias": (512,), "out_net.weight": (512, 512), "out_net.bias": (512,)}
+    text = {"hidden": (2, 1, 512), "pos_emb.weight": (300, 15), "pos_emb.bias": (300,),
+            "input_emb.weight": (512, 300), "input_emb.bias": (512,), **gru(512, 512),
+            "output_net.0.weight": (512, 1024), "output_net.0.bias": (512,), "output_net.1.weight": (512,),
+            "output_net.1.bias": (512,), "output_net.3.weight": (512, 512), "output_net.3.bias": (512,)}
+    motion = {"hidden": (2, 1, 1024), "input_emb.weight": (1024, 512), "input_emb.bias": (1024,),
+              **gru(1024, 1024), "output_net.0.weight": (1024, 2048), "output_net.0.bias": (1024,),
+              "output_net.1.weight": (1024,), "output_net.1.bias": (1024,), "output_net.3.weight": (512, 1024),
+              "output_net.3.bias": (512,)}
+    return {"movement_encoder": movement, "text_encoder": text, "motion_encoder": motion}
+
+
+@pytest.mark.parametrize("dim_pose, counts", [
+    (263, {"movement_encoder": 1_842_688, "text_encoder": 4_100_288, "motion_encoder": 15_747_584}),
+    (251, {"movement_encoder": 1_818_112, "text_encoder": 4_100_288, "motion_encoder": 15_747_584})])
+def test_evaluator_keys_shapes_and_param_counts_match_spec(dim_pose, counts):
+    model = T2MEvaluator(dim_pose)
+    for name, expected in _expected_keys(dim_pose - 4).items():
+        sd = getattr(model, name).state_dict()
+        assert {k: tuple(v.shape) for k, v in sd.items()} == expected, name
+        assert sum(v.numel() for v in sd.values()) == counts[name], name
+
+
+def test_evaluator_strict_round_trip(tmp_path):
+    torch.manual_seed(0)
+    model = T2MEvaluator(263)
+    path = tmp_path / "t2m" / "text_mot_match" / "model" / "finest.tar"
+    save_evaluator(model, path, epoch=3, iter=100)            # same key layout as the official file
+    loaded = load_evaluator(tmp_path, 263)                     # directory layout <root>/t2m/text_mot_match/...
+    assert not loaded.training
+    for name in ("movement_encoder", "motion_encoder", "text_encoder"):
+        for k, v in getattr(model, name).state_dict().items():
+            assert torch.equal(v, getattr(loaded, name).state_dict()[k])
+    with pytest.raises(ValueError, match="does not match"):
+        load_evaluator(path, 251)                              # a HumanML3D file is not a KIT evaluator
+    with pytest.raises(FileNotFoundError, match="--evaluator-dir"):
+        load_evaluator(tmp_path / "nowhere", 263)
+
+
+def test_evaluator_refuses_code_carrying_checkpoint(tmp_path, monkeypatch):
+    monkeypatch.setenv("PWNED_MARK", str(tmp_path / "pwned"))
+    path = tmp_path / "finest.tar"
+    torch.save({"movement_encoder": {}, "motion_encoder": {}, "text_encoder": {}, "x": _Pwned()}, path)
+    with pytest.raises(ValueError, match="weights_only=False"):
+        load_evaluator(path, 263)
+    assert not (tmp_path / "pwned").exists()
+
+
+def test_encode_shapes_and_batch_order_invariance():
+    torch.manual_seed(0)
+    model = T2MEvaluator(263).eval()
+    B = 5
+    motions = torch.randn(B, 196, 263)
+    m_lens = torch.tensor([196, 40, 120, 64, 4])
+    word_embs, pos = torch.randn(B, 22, 300), torch.randn(B, 22, 15)
+    cap_lens = torch.tensor([5, 22, 2, 9, 9])
+    with torch.no_grad():
+        memb, temb = model.encode_motion(motions, m_lens), model.encode_text(word_embs, pos, cap_lens)
+        perm = torch.tensor([3, 0, 4, 1, 2])
+        memb_p = model.encode_motion(motions[perm], m_lens[perm])
+        temb_p = model.encode_text(word_embs[perm], pos[perm], cap_lens[perm])
+        # padding past the length must not matter (packed sequences)
+        noisy = motions.clone()
+        noisy[1, 48:] = 100.0
+        memb_noisy = model.encode_motion(noisy, m_lens)
+    assert memb.shape == temb.shape == (B, 512)
+    assert torch.allclose(memb_p, memb[perm], atol=1e-5) and torch.allclose(temb_p, temb[perm], atol=1e-5)
+    assert torch.allclose(memb_noisy[1], memb[1], atol=1e-5)
+    with pytest.raises(ValueError, match="at least 4 frames"):
+        model.encode_motion(motions[:1], torch.tensor([3]))
+
+
+# --- word vectoriser ----------------------------------------------------------
+
+class _Pwned:
+    def __reduce__(self):
+        return (os.system, (f"touch {os.environ.get('PWNED_MARK', '/tmp/evaluate_test_pwned')}",))
+
+
+def test_restricted_unpickler_refuses_code_and_accepts_plain_data(tmp_path, monkeypatch):
+    mark = tmp_path / "pwned"
+    monkeypatch.setenv("PWNED_MARK", str(mark))
+    bad = tmp_path / "bad.pkl"
+    bad.write_bytes(pickle.dumps([_Pwned()]))
+    with pytest.raises(pickle.UnpicklingError, match="refusing"):
+        restricted_load(bad)
+    assert not mark.exists()
+    for protocol in range(pickle.HIGHEST_PROTOCOL + 1):
+        good = tmp_path / f"good{protocol}.pkl"
+        data = {"words": ["sos", "walk"], "idx": {"sos": 0, "walk": 1}, "n": 2}
+        good.write_bytes(pickle.dumps(data, protocol=protocol))
+        assert restricted_load(good) == data
+    assert issubclass(RestrictedUnpickler, pickle.Unpickler)
+
+
+def _write_vocab(root, words):
+    vectors = np.arange(len(words) * 300, dtype=np.float32).reshape(len(words), 300)
+    np.save(root / "our_vab_data.npy", vectors)
+    (root / "our_vab_words.pkl").write_bytes(pickle.dumps(words))
+    (root / "our_vab_idx.pkl").write_bytes(pickle.dumps({w: i for i, w in enumerate(words)}))
+    return vectors
+
+
+def test_word_vectorizer_lookup_pos_and_b3_padding(tmp_path):
+    words = ["sos", "eos", "unk", "a", "person", "walk", "left", "slowly", "the"]
+    vectors = _write_vocab(tmp_path, words)
+    wv = WordVectorizer(tmp_path)
+    onehot = {c: np.eye(15)[i] for i, c in enumerate(POS_CLASSES)}
+    vec, pos = wv["person/NOUN"]
+    assert np.array_equal(vec, vectors[4]) and np.array_equal(pos, onehot["NOUN"])
+    assert np.array_equal(wv["walk/VERB"][1], onehot["Act_VIP"])        # VIP overrides the tag
+    assert np.array_equal(wv["left/ADJ"][1], onehot["Loc_VIP"])
+    assert np.array_equal(wv["slowly/ADV"][1], onehot["Desc_VIP"])
+    assert np.array_equal(wv["the/PUNCT"][1], onehot["OTHER"])          # not one of the 9 real tags
+    vec, pos = wv["zebra/NOUN"]                                          # out of vocabulary -> unk / OTHER
+    assert np.array_equal(vec, vectors[2]) and np.array_equal(pos, onehot["OTHER"])
+    assert np.array_equal(wv["kick/VERB"][1], onehot["OTHER"])           # VIP word but unknown -> OTHER
+
+    tokens = ["a/DET", "person/NOUN", "walk/VERB", "left/ADV", "slowly/ADV"]
+    word_embs, pos_ohot, cap_len = evaluator_text_input(tokens, wv)
+    assert word_embs.shape == (22, 300) and pos_ohot.shape == (22, 15) and cap_len == 7
+    assert np.array_equal(word_embs[0], vectors[0]) and np.array_equal(word_embs[6], vectors[1])
+    assert np.array_equal(word_embs[7:], np.repeat(vectors[2:3], 15, axis=0))
+    assert np.all(pos_ohot[[0, 6, 7, 21], 14] == 1)
+    long_tokens = ["person/NOUN"] * 25
+    word_embs, _, cap_len = evaluator_text_input(long_tokens, wv)
+    assert cap_len == 22 and np.array_equal(word_embs[21], vectors[1])  # cut to 20 + sos + eos
+
+
+def test_word_vectorizer_missing_and_malicious_files(tmp_path):
+    with pytest.raises(FileNotFoundError, match="our_vab_data.npy.*--glove-dir"):
+        WordVectorizer(tmp_path)
+    _write_vocab(tmp_path, ["sos", "eos", "unk"])
+    (tmp_path / "our_vab_words.pkl").write_bytes(pickle.dumps(_Pwned()))
+    with pytest.raises(pickle.UnpicklingError):
+        WordVectorizer(tmp_path)
+
+
+# --- meta stats, normalisation bridge, CLI ------------------------------------
+
+def test_eval_meta_layouts_and_bridge(tmp_path):
+    mean, std = np.arange(4, dtype=np.float32), np.full(4, 2.0, np.float32)
+    meta = tmp_path / "Comp_v6_KLD01" / "meta"
+    meta.mkdir(parents=True)
+    np.save(meta / "mean.npy", mean)
+    np.save(meta / "std.npy", std)
+    m, s = load_eval_meta(tmp_path, "t2m")
+    assert np.array_equal(m, mean) and np.array_equal(s, std)
+    with pytest.raises(FileNotFoundError, match="--eval-meta-dir"):
+        load_eval_meta(tmp_path, "kit")
+    x = np.random.default_rng(0).normal(size=(3, 4))
+    model_mean, model_std = np.ones(4), np.full(4, 0.5)
+    raw = x * model_std + model_mean
+    assert np.allclose(to_eval_space(x, model_mean, model_std, mean, std), (raw - mean) / std)
+
+
+def test_cli_unimplemented_subcommand_says_so(capsys):
+    with pytest.raises(SystemExit, match="not implemented yet"):
+        evaluate.main(["moclip", "--checkpoint", "x.pt"])
+
+
+def _tiny_luma(anchor_block="down3"):
+    args = train.get_args(["--dataset", "synthetic", "--anchor-block", anchor_block, "--dct-k", "8"])
+    args.anchor_hidden = 32
+    torch.manual_seed(0)
+    model = train.build_model(args, 263, 16, 12)
+    for module in model.modules():        # give the zero-initialised layers values, or no gradient reaches deep blocks
+        for name, p in module.named_parameters(recurse=False):
+            if torch.count_nonzero(p) == 0 and p.dim() > 0:
+                torch.nn.init.normal_(p, std=0.02)
+    return model
+
+
+def test_gradient_flow_reaches_only_blocks_up_to_the_anchor_tap():
+    model = _tiny_luma("down3")
+    x0, lengths = torch.randn(2, 196, 263), torch.tensor([196, 120])
+    text, target = torch.randn(2, 5, 16), torch.randn(2, 12)
+    plain = gradient_flow(model, text, x0, lengths, target, timesteps=(750, 0), anchor_loss=False)
+    dal = gradient_flow(model, text, x0, lengths, target, timesteps=(750, 0), anchor_loss=True)
+    names = [n for n, _ in model.unet.named_blocks()]
+    assert list(plain[750]) == names and all(v > 0 for v in plain[750].values())
+    for t in (750, 0):
+        for name in names:   # the DAL flows back from the down3 tap only: mid and up blocks see the same gradient
+            if name.startswith("down"):
+                assert dal[t][name] != pytest.approx(plain[t][name], rel=1e-6), name
+            else:
+                assert dal[t][name] == pytest.approx(plain[t][name], rel=1e-6), name
+
+
+def test_plot_gradient_flow_writes_a_png(tmp_path):
+    flows = {"LUMA": {750: {"down0": 1.0, "mid": 0.01, "up0": 2.0}}, "w/o DAL": {750: {"down0": 0.5, "mid": 0.001,
+                                                                                      "up0": 2.0}}}
+    path = plot_gradient_flow(flows, tmp_path / "gradflow.png")
+    from PIL import Image
+    assert Image.open(path).size[0] > 100
+
+
+def test_dct_spectrum_on_known_signals():
+    T = 196
+    constant = np.ones((T, 3))
+    magnitude, energy = dct_spectrum([constant])
+    assert energy_share(energy, 1) == pytest.approx(1.0) and magnitude[0] == pytest.approx(np.sqrt(T))
+    assert magnitude[1:].max() < 1e-9
+    n = np.arange(T)[:, None]
+    tone = np.cos(np.pi * (2 * n + 1) * 70 / (2 * T)) * np.ones((1, 2))          # exactly DCT basis vector 70
+    magnitude, energy = dct_spectrum([tone])
+    assert energy_share(energy, 64) == pytest.approx(0.0, abs=1e-12) and magnitude.argmax() == 70
+    _, energy = dct_spectrum([constant, tone])                                    # energies add (Parseval)
+    assert energy.sum() == pytest.approx((constant ** 2).sum() + (tone ** 2).sum())
+    assert energy_share(energy, 64) == pytest.approx(3 * T / (3 * T + T))
+
+
+def test_spectrum_and_gradflow_commands(tiny, tmp_path):
+    root, _ = tiny
+    evaluate.main(["spectrum", "--data-root", str(root), "--out", str(tmp_path / "spectrum")])
+    rows = np.loadtxt(tmp_path / "spectrum" / "spectrum.csv", delimiter=",", skiprows=1)
+    assert rows.shape == (196, 2) and (tmp_path / "spectrum" / "spectrum.png").is_file()
+    _train(tiny, tmp_path / "with", 2)
+    _train(tiny, tmp_path / "without", 2, "--no-anchors")
+    evaluate.main(["gradflow", "--runs", str(tmp_path / "with"), str(tmp_path / "without"), "--batch-size", "4",
+                   "--timesteps", "750", "0", "--moclip-checkpoint", str(tiny[1]), "--device", "cpu",
+                   "--out", str(tmp_path / "gradflow")])
+    lines = (tmp_path / "gradflow" / "gradflow.csv").read_text().splitlines()
+    assert len(lines) == 1 + 2 * 2 * 9 and lines[1].startswith("with,750,down0,")      # 2 runs x 2 t x 9 blocks
+    assert any(line.startswith("without (no DAL),0,up3,") for line in lines)
+    assert (tmp_path / "gradflow" / "gradflow.png").is_file()

@@ -16,6 +16,7 @@ loss terms and zeta, sample animations, and a self-contained final checkpoint fo
 """
 
 import argparse
+import copy
 import csv
 import math
 import random
@@ -231,12 +232,11 @@ def main(argv=None):
 
     # Model, EMA, optimiser
     model = build_model(args, motion_dim, text_encoder.text_width, moclip.embed_dim).to(device)
-    ema_unet = UNet(motion_dim, text_encoder.text_width, anchor_block=args.anchor_block,
-                    **UNET_PRESETS[args.unet]).to(device).eval().requires_grad_(False)
+    ema_unet = copy.deepcopy(model.unet).eval().requires_grad_(False)      # EMA weights: sampling and evaluation
     optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=args.weight_decay,
                                   fused=device.type == "cuda")
     abar = alphas_cumprod(linear_betas(1000)).to(device)  # the paper's alpha_t of Eq. (1)
-    unet_step = torch.compile(model) if args.compile else model
+    luma_forward = torch.compile(model) if args.compile else model
     n_params = sum(p.numel() for p in model.unet.parameters())
     n_anchor = sum(p.numel() for p in model.anchor.parameters()) if model.anchor is not None else 0
     print(f"UNet ({args.unet}): {n_params / 1e6:.2f} M parameters; anchor heads: {n_anchor / 1e6:.2f} M; "
@@ -283,13 +283,13 @@ def main(argv=None):
         B = x0.shape[0]
         t = torch.randint(0, 1000, (B,), device=device)                        # t ~ U[0, T)
         noise = torch.randn_like(x0)
-        x_t = q_sample(x0, t, noise, abar)                         # Eq. (1)
+        x_t = q_sample(x0, t, noise, abar)                                     # Eq. (1)
         cond_mask = torch.rand(B, device=device) >= args.cond_drop            # null condition for CFG, Eq. (3)
         with torch.no_grad():
             text_tokens = text_encoder.encode_text_tokens(captions)           # (B, 77, W), frozen
             target_tem = moclip.encode_motion(x0, lengths) if not args.no_tem else None   # f_tem(x0), frozen
         with autocast:
-            x0_hat, z_fre, z_tem = unet_step(x_t, t, text_tokens, cond_mask, lengths)
+            x0_hat, z_fre, z_tem = luma_forward(x_t, t, text_tokens, cond_mask, lengths)
         loss_ddpm = masked_mse(x0_hat.float(), x0, lengths)                    # Eq. (2)
         anchor_loss, terms = dual_anchor_loss(_float(z_fre), _float(z_tem), x0, target_tem,
                                               args.lambda_fre, args.lambda_tem)  # Eq. (8), (9)
