@@ -23,8 +23,15 @@ shared/spec/t2m_evaluator.md (section numbers B.x below refer to it):
 
     gradient_flow (Fig. 3 / 8), dct_spectrum + energy_share (Fig. 7)   and their subcommands gradflow, spectrum
 
-Status: the evaluator, word vectoriser, metrics and the two analyses are implemented and tested. The subcommands
-t2m, train-evaluator and moclip exit with "not implemented yet" until the protocol loop (B.9) is written.
+    train_evaluator (B.4 recipe) for datasets without official weights: word table (PPMI-SVD of the captions, in the
+    our_vab format), movement autoencoder, then margin-10 contrastive text-motion matching
+    evaluate_protocol (B.9): the "Real" row and generated rows on the same GT batches, replications -> mean ± CI
+
+    python evaluate.py train-evaluator --dataset synthetic        # -> checkpoints/evaluator_synthetic/
+    python evaluate.py t2m --dataset synthetic --real-only        # Real row, 20 replications
+    python evaluate.py t2m --dataset synthetic --checkpoint runs/luma_synthetic/final.pt
+
+Status: moclip (Table 5) exits with "not implemented yet"; MultiModality is not computed by the t2m loop yet.
 """
 
 import argparse
@@ -39,6 +46,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 from torch.nn.utils.rnn import pack_padded_sequence
+from tqdm import tqdm
 
 from anchors import dct, dual_anchor_loss
 from data import KINDS, MotionDataset, _evaluator_tokens
@@ -46,6 +54,7 @@ from diffusion import alphas_cumprod, linear_betas, masked_mse, q_sample
 from moclip import load_moclip, moclip_from_state
 
 MAX_TEXT_LEN = 20          # B.3: captions longer than 20 tokens are cut; sos + 20 + eos = 22
+MAX_EVAL_LEN = 196         # B.6: eval motions are zero-padded to 196 frames
 UNIT_LENGTH = 4            # the movement encoder downsamples time by 4 (two stride-2 convs)
 WORD_DIM, POS_DIM = 300, 15
 KIND_OF_DIM = {263: "t2m", 251: "kit"}
@@ -570,12 +579,382 @@ def energy_share(energy, k):
 
 
 # -----------------------------------------------------------------------------
-# 7. Command line
+# 7. Training the evaluator for datasets without official weights (B.4 "How the evaluator was trained")
+# -----------------------------------------------------------------------------
+
+SPECIAL_WORDS = ("sos", "eos", "unk")     # rows 0, 1, 2 of the word table, as our_vab_idx.pkl expects them
+
+
+def caption_vocabulary(text_dir):
+    """All 'word/POS' token lists of texts/*.txt (caption#tokens#start#end lines) -> list of word lists."""
+    files = sorted(Path(text_dir).glob("*.txt"))
+    if not files:
+        raise FileNotFoundError(f"no caption files {Path(text_dir) / '*.txt'}; the dataset layout is "
+                                "<root>/texts/<id>.txt with lines 'caption#word/POS ...#start#end'")
+    sentences = []
+    for path in files:
+        for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
+            parts = line.strip().split("#")
+            if len(parts) == 4:
+                words = [t.rpartition("/")[0] for t in parts[1].split() if "/" in t]
+                sentences.append([w for w in words if w])
+    return sentences
+
+
+def build_word_vectors(sentences, dim=WORD_DIM, window=4, seed=0):
+    """Word list and (V, dim) float32 vectors from tokenised captions: SVD of a PPMI co-occurrence matrix.
+
+    Stands in for GloVe (B.2), which has no vectors for a synthetic vocabulary. Counts pairs within `window` words in
+    a caption, PPMI = max(log p(w,c) / (p(w) p(c)), 0), vectors = U sqrt(S) of its SVD, zero-padded to `dim` when the
+    vocabulary is smaller, rows scaled to unit norm (GloVe rows differ in norm; unit norm keeps every word on one
+    scale). 'sos', 'eos', 'unk' come first as fixed random unit vectors (seeded), like GloVe's own rows for them.
+    Paper is silent here; see README "Choices".
+    """
+    vocab = sorted({w for s in sentences for w in s} - set(SPECIAL_WORDS))
+    if not vocab:
+        raise ValueError("no caption words found to build a word-vector table from")
+    index = {w: i for i, w in enumerate(vocab)}
+    counts = np.zeros((len(vocab), len(vocab)), np.float64)
+    for sentence in sentences:
+        ids = [index[w] for w in sentence if w in index]
+        for i, a in enumerate(ids):
+            for b in ids[max(0, i - window):i]:            # symmetric window: count (a, b) and (b, a)
+                counts[a, b] += 1
+                counts[b, a] += 1
+    total = counts.sum()
+    row = counts.sum(axis=1, keepdims=True)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        pmi = np.log(counts * total / (row * row.T))
+    ppmi = np.where(np.isfinite(pmi), np.maximum(pmi, 0.0), 0.0)               # (V, V)
+    u, s, _ = np.linalg.svd(ppmi)
+    k = min(dim, len(vocab))
+    vectors = np.zeros((len(vocab), dim), np.float64)
+    vectors[:, :k] = u[:, :k] * np.sqrt(s[:k])                                   # (V, k) -> zero-padded (V, 300)
+    norms = np.linalg.norm(vectors, axis=1, keepdims=True)
+    vectors = np.where(norms > 0, vectors / np.maximum(norms, 1e-12), 0.0)
+    special = np.random.default_rng(seed).standard_normal((len(SPECIAL_WORDS), dim))
+    special /= np.linalg.norm(special, axis=1, keepdims=True)
+    return list(SPECIAL_WORDS) + vocab, np.concatenate([special, vectors]).astype(np.float32)
+
+
+def write_word_vectors(words, vectors, glove_dir, prefix="our_vab"):
+    """Write words (list[str]) and vectors (V, 300) as <prefix>_data.npy / _words.pkl / _idx.pkl (B.2 format)."""
+    if len(words) != len(vectors) or vectors.shape[1:] != (WORD_DIM,):
+        raise ValueError(f"need V words and (V, {WORD_DIM}) vectors, got {len(words)} and {vectors.shape}")
+    root = Path(glove_dir)
+    root.mkdir(parents=True, exist_ok=True)
+    word2idx = {w: i for i, w in enumerate(words)}
+    for name, write in ((f"{prefix}_data.npy", lambda f: np.save(f, np.asarray(vectors, np.float32))),
+                        (f"{prefix}_words.pkl", lambda f: pickle.dump(list(words), f)),
+                        (f"{prefix}_idx.pkl", lambda f: pickle.dump(word2idx, f))):
+        tmp = root / (name + ".tmp")
+        with open(tmp, "wb") as f:
+            write(f)
+        os.replace(tmp, root / name)
+    return root
+
+
+class MovementConvDecoder(nn.Module):
+    """Mirror of MovementConvEncoder: (B, T//4, 512) -> two stride-2 transposed convs -> (B, T, D)."""
+
+    def __init__(self, input_size=512, hidden_size=512, output_size=263):
+        super().__init__()
+        self.main = nn.Sequential(
+            nn.ConvTranspose1d(input_size, hidden_size, 4, 2, 1), nn.LeakyReLU(0.2, inplace=True),
+            nn.ConvTranspose1d(hidden_size, output_size, 4, 2, 1), nn.LeakyReLU(0.2, inplace=True))
+        self.out_net = nn.Linear(output_size, output_size)
+
+    def forward(self, x):
+        x = self.main(x.transpose(1, 2)).transpose(1, 2)   # (B, L, 512) -> (B, 512, L) -> (B, 4L, D)
+        return self.out_net(x)
+
+
+def movement_autoencoder_loss(encoder, decoder, windows):
+    """B.4: L1 reconstruction of all D features from D-4 inputs + 0.001 mean|latent| + 0.001 L1 of latent steps.
+
+    windows (B, W, D) normalised, W a multiple of 4 -> (loss, reconstruction L1).
+    """
+    latent = encoder(windows[..., :-4])                          # (B, W, D-4) -> (B, W/4, 512)
+    recon = decoder(latent)                                      # (B, W/4, 512) -> (B, W, D)
+    rec = (recon - windows).abs().mean()
+    sparsity = latent.abs().mean()
+    smooth = (latent[:, 1:] - latent[:, :-1]).abs().mean()
+    return rec + 0.001 * sparsity + 0.001 * smooth, rec
+
+
+def contrastive_matching_loss(text_emb, motion_emb, shift, margin=10.0):
+    """B.4 text_mot_match loss on (B, 512) pairs: mean d(t_i, m_i)^2 + mean clamp(margin - d(t_i, m_{i+shift}), 0)^2."""
+    pos = (text_emb - motion_emb).norm(dim=1)                                 # (B,)
+    neg = (text_emb - torch.roll(motion_emb, -shift, dims=0)).norm(dim=1)    # motion i+shift (mod B) for text i
+    return (pos ** 2).mean() + (torch.clamp(margin - neg, min=0.0) ** 2).mean()
+
+
+def _text_batch(vectorizer, tokens, device):
+    """Padded 22-token lists (collate_eval order) -> word_embs (B, 22, 300), pos_ohot (B, 22, 15), cap_lens (B,)."""
+    words, pos, lens = zip(*(vectorizer.embed(t) for t in tokens))
+    return (torch.from_numpy(np.stack(words)).to(device), torch.from_numpy(np.stack(pos)).to(device),
+            torch.tensor(lens, dtype=torch.long))
+
+
+def _random_windows(items, mean, std, batch_size, window, rng):
+    """(batch_size, window, D) normalised windows from random motions of a MotionDataset's items."""
+    out = []
+    for i in rng.integers(0, len(items), batch_size):
+        motion = items[i]["motion"]
+        start = rng.integers(0, len(motion) - window + 1)
+        out.append((motion[start:start + window] - mean) / std)
+    return torch.from_numpy(np.stack(out).astype(np.float32))
+
+
+def _matching_pass(evaluator, vectorizer, loader, device, optimizer=None, rng=None, grad_clip=0.5):
+    """One epoch of text_mot_match (training if optimizer is given) -> mean contrastive loss."""
+    total, count = 0.0, 0
+    for _, tokens, motions, m_lens, _ in loader:
+        word_embs, pos_ohot, cap_lens = _text_batch(vectorizer, tokens, device)
+        with torch.no_grad():                                    # the movement encoder is frozen (B.4)
+            movements = evaluator.movement_encoder(motions[..., :-4].to(device))
+        with torch.set_grad_enabled(optimizer is not None):
+            motion_emb = evaluator.motion_encoder(movements, m_lens // UNIT_LENGTH)
+            text_emb = evaluator.text_encoder(word_embs, pos_ohot, cap_lens)
+            # The original draws shift in [0, B-2], where shift 0 makes the "negatives" the positives; we draw from
+            # [1, B-1] so every negative is another motion. Validation uses a fixed shift of 1.
+            shift = int(rng.integers(1, len(tokens))) if rng is not None else 1
+            loss = contrastive_matching_loss(text_emb, motion_emb, shift)
+        if optimizer is not None:
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            nn.utils.clip_grad_norm_(list(evaluator.text_encoder.parameters()) +
+                                     list(evaluator.motion_encoder.parameters()), grad_clip)
+            optimizer.step()
+        total, count = total + loss.item() * len(tokens), count + len(tokens)
+        if hasattr(loader, "set_postfix"):
+            loader.set_postfix(loss=f"{loss.item():.3f}")
+    return total / max(count, 1)
+
+
+def train_evaluator(dataset="synthetic", data_root=None, out="checkpoints/evaluator_synthetic", ae_steps=200,
+                    ae_batch_size=128, window=24, epochs=3, batch_size=32, lr=5e-4, seed=0, device="cpu",
+                    progress=True):
+    """Train T2MEvaluator the official way (B.4) on a dataset without official weights; returns the out folder.
+
+    Writes <out>/glove/our_vab_* (word table from the captions), <out>/t2m_mean.npy + t2m_std.npy (the evaluator's
+    normalisation = the dataset's training normalisation MotionDataset.mean/.std) and the best-validation-loss
+    weights at <out>/<kind>/text_mot_match/model/finest.tar, so load_evaluator / WordVectorizer / load_eval_meta read
+    them exactly as they read the official files.
+    Differences from the official run (B.4), chosen so it trains in a few minutes on a CPU: batch 32 instead of 8,
+    Adam lr 5e-4 instead of 1e-4 for both stages, 200 autoencoder steps and 3 matching epochs instead of training to
+    convergence (up to 300 epochs); the negative shift is drawn from [1, B-1] (see _matching_pass). The autoencoder
+    uses the train split's motions only, and both stages use the dataset's training normalisation.
+    """
+    import random
+    from data import DATA_ROOTS, collate_eval
+    kind = KINDS[dataset]
+    root = Path(data_root or DATA_ROOTS[dataset])
+    if dataset == "synthetic":
+        from synthetic import ensure_dataset
+        ensure_dataset(root)
+    out = Path(out)
+    random.seed(seed)
+    torch.manual_seed(seed)
+    rng = np.random.default_rng(seed)
+    device = torch.device(device)
+
+    # (a) word table in the our_vab format, loaded back through the same code as the official GloVe files
+    words, vectors = build_word_vectors(caption_vocabulary(root / "texts"), seed=seed)
+    write_word_vectors(words, vectors, out / "glove")
+    vectorizer = WordVectorizer(out / "glove")
+    print(f"word table: {len(words)} words (incl. sos/eos/unk) -> {out / 'glove'}")
+
+    train_set = MotionDataset(root, "train", kind, mode="eval")          # eval crop, normalised with .mean/.std
+    val_set = MotionDataset(root, "val", kind, mode="eval")
+    for name, stat in (("mean", train_set.mean), ("std", train_set.std)):
+        tmp = out / f"{kind}_{name}.tmp.npy"
+        np.save(tmp, stat.astype(np.float32))
+        os.replace(tmp, out / f"{kind}_{name}.npy")
+    dim_pose = train_set.mean.shape[0]
+    evaluator = T2MEvaluator(dim_pose).to(device)
+
+    # (b) movement autoencoder on random `window`-frame crops, then frozen
+    decoder = MovementConvDecoder(512, 512, dim_pose).to(device)
+    optimizer = torch.optim.Adam(list(evaluator.movement_encoder.parameters()) + list(decoder.parameters()), lr=lr)
+    long_enough = [item for item in train_set.items if len(item["motion"]) >= window]
+    bar = tqdm(range(ae_steps), desc="movement autoencoder", disable=not progress)
+    for _ in bar:
+        windows = _random_windows(long_enough, train_set.mean, train_set.std, ae_batch_size, window, rng).to(device)
+        loss, rec = movement_autoencoder_loss(evaluator.movement_encoder, decoder, windows)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        bar.set_postfix(l1=f"{rec.item():.4f}")
+    evaluator.movement_encoder.eval().requires_grad_(False)
+
+    # (c) text-motion matching: text and motion encoders, contrastive loss with margin 10, best val loss kept
+    train_loader = torch.utils.data.DataLoader(train_set, batch_size, shuffle=True, drop_last=True,
+                                               collate_fn=collate_eval)
+    val_loader = torch.utils.data.DataLoader(val_set, batch_size, shuffle=False, drop_last=True,
+                                             collate_fn=collate_eval)
+    if len(train_loader) == 0 or len(val_loader) == 0:
+        raise ValueError(f"train ({len(train_set)}) and val ({len(val_set)}) need at least one batch of {batch_size}; "
+                         "lower --batch-size")
+    optimizer = torch.optim.Adam(list(evaluator.text_encoder.parameters()) +
+                                 list(evaluator.motion_encoder.parameters()), lr=lr)
+    path = out / kind / "text_mot_match" / "model" / "finest.tar"
+    best = math.inf
+    for epoch in range(epochs):
+        evaluator.text_encoder.train(), evaluator.motion_encoder.train()
+        bar = tqdm(train_loader, desc=f"text-motion matching epoch {epoch + 1}/{epochs}", disable=not progress)
+        train_loss = _matching_pass(evaluator, vectorizer, bar, device, optimizer, rng)
+        evaluator.text_encoder.eval(), evaluator.motion_encoder.eval()
+        random.seed(seed + 1)                                     # the same val crops and captions every epoch
+        with torch.no_grad():
+            val_loss = _matching_pass(evaluator, vectorizer, val_loader, device)
+        mark = ""
+        if val_loss < best:
+            best, mark = val_loss, " (best, saved)"
+            save_evaluator(evaluator, path, epoch=epoch + 1, val_loss=float(val_loss), dataset=dataset)
+        print(f"epoch {epoch + 1}: train loss {train_loss:.4f}, val loss {val_loss:.4f}{mark}")
+    print(f"evaluator -> {path}; meta -> {out / (kind + '_mean.npy')}, {out / (kind + '_std.npy')}")
+    return out
+
+
+# -----------------------------------------------------------------------------
+# 8. The protocol loop (B.9): GT "Real" row and generated rows, replications with mean ± 95% CI
+# -----------------------------------------------------------------------------
+
+def embed_eval_batch(evaluator, vectorizer, tokens, motions, m_lens, device="cpu"):
+    """B.5 co-embeddings: padded token lists, motions (B, 196, D) eval-normalised, m_lens (B,) -> two (B, 512) np."""
+    word_embs, pos_ohot, cap_lens = _text_batch(vectorizer, tokens, device)
+    with torch.no_grad():
+        text_emb = evaluator.encode_text(word_embs, pos_ohot, cap_lens)
+        motion_emb = evaluator.encode_motion(motions.to(device), m_lens)
+    return text_emb.cpu().numpy().astype(np.float64), motion_emb.cpu().numpy().astype(np.float64)
+
+
+def _batch_metrics(text_emb, motion_emb):
+    dist = euclidean_distance_matrix(text_emb, motion_emb)       # (32, 32): text i vs motion j
+    return r_precision(dist), matching_score(dist)
+
+
+def evaluate_protocol(evaluator, vectorizer, dataset, replications=20, generators=None, batch_size=32, seed=0,
+                      device="cpu", progress=True, diversity_times=None):
+    """B.9 on an eval-mode MotionDataset -> {row: {metric: [value per replication]}}; 'Real' is the GT loader.
+
+    generators: {row name: fn(captions list[str], m_lens (B,) long) -> motions (B, 196, D) eval-normalised}; each
+    generated row uses the same GT batches (captions, lengths) as the Real row, as T2M-GPT / MoMask do (B.7).
+    diversity_times: None is the B.7 rule (300 pairs if N > 300, else 100); tests on tiny data pass fewer.
+    """
+    import random
+    from data import collate_eval
+    generators = generators or {}
+    loader = torch.utils.data.DataLoader(dataset, batch_size, shuffle=True, drop_last=True, collate_fn=collate_eval,
+                                         generator=torch.Generator().manual_seed(seed))
+    if len(loader) == 0:
+        raise ValueError(f"the test split has {len(dataset)} samples, fewer than one batch of {batch_size} (B.9 "
+                         "needs batches of exactly 32)")
+    random.seed(seed)
+    rng = np.random.default_rng(seed)
+    rows = ["Real"] + list(generators)
+    results = {row: {m: [] for m in METRICS} for row in rows}
+    for rep in tqdm(range(replications), desc="replications", disable=not progress):
+        acts = {row: [] for row in rows}
+        top, dist_sum = {row: np.zeros(3) for row in rows}, {row: 0.0 for row in rows}
+        n = 0
+        for captions, tokens, motions, m_lens, _ in loader:
+            for row in rows:
+                batch = motions if row == "Real" else generators[row](captions, m_lens)
+                text_emb, motion_emb = embed_eval_batch(evaluator, vectorizer, tokens, batch, m_lens, device)
+                hits, score = _batch_metrics(text_emb, motion_emb)
+                top[row] += hits * len(tokens)                                   # B.8: hits summed, / N
+                dist_sum[row] += score * len(tokens)                             # sum of traces, / N
+                acts[row].append(motion_emb)
+            n += len(tokens)
+        gt = np.concatenate([embed_eval_batch(evaluator, vectorizer, t, m, l, device)[1]   # B.9 step 4: 2nd GT pass
+                             for _, t, m, l, _ in loader])
+        mu_gt, sigma_gt = activation_statistics(gt)
+        for row in rows:
+            a = np.concatenate(acts[row])
+            times = diversity_times or (300 if len(a) > 300 else 100)           # B.7 (T2M-GPT / MoMask rule)
+            results[row]["FID"].append(frechet_distance(*activation_statistics(a), mu_gt, sigma_gt))
+            for k, name in enumerate(("Top1", "Top2", "Top3")):
+                results[row][name].append(float(top[row][k] / n))
+            results[row]["MM-Dist"].append(dist_sum[row] / n)
+            results[row]["Diversity"].append(diversity(a, times, rng))
+    return results
+
+
+def _resolve_evaluator_paths(args):
+    """Default evaluator, GloVe and meta folders: the official layout, or train-evaluator's output for synthetic."""
+    base = Path(args.evaluator_dir or ("checkpoints/evaluator_synthetic" if args.dataset == "synthetic"
+                                       else "checkpoints"))
+    glove = Path(args.glove_dir or (base / "glove" if args.dataset == "synthetic" else "glove"))
+    meta = Path(args.eval_meta_dir or base)
+    return base, glove, meta
+
+
+def _luma_generator(checkpoint, eval_mean, eval_std, device, guidance, steps, seed):
+    """fn(captions, m_lens) -> (B, 196, D) eval-normalised LUMA samples generated at the GT lengths (B.7, MDM)."""
+    from sample import load_model
+    sampler = load_model(checkpoint, device)
+    counter = [seed]
+
+    def generate(captions, m_lens):
+        lengths = [int(v) for v in m_lens]
+        feats = sampler.generate_features(list(captions), lengths, guidance=guidance, steps=steps, seed=counter[0])
+        counter[0] += 1                                          # new noise for every batch and replication
+        out = np.zeros((len(lengths), MAX_EVAL_LEN, len(eval_mean)), np.float32)
+        for i, f in enumerate(feats):
+            f = f.detach().cpu().numpy() if isinstance(f, torch.Tensor) else np.asarray(f)
+            # generate_features returns denormalised features, so only the evaluator normalisation is left (B.7)
+            out[i, :lengths[i]] = (f[:lengths[i]] - eval_mean) / eval_std
+        return torch.from_numpy(out)
+    return generate
+
+
+
+def run_t2m(args):
+    """Table 1: Real row (and a LUMA checkpoint's row) under the standard protocol, mean ± 95% CI -> table + JSON."""
+    from data import DATA_ROOTS
+    if args.checkpoint is None and not args.real_only:
+        raise ValueError("pass --checkpoint CKPT (a train.py final.pt) or --real-only for the ground-truth row alone")
+    kind = KINDS[args.dataset]
+    root = Path(args.data_root or DATA_ROOTS[args.dataset])
+    evaluator_dir, glove_dir, meta_dir = _resolve_evaluator_paths(args)
+    device = torch.device(args.device)
+    evaluator = load_evaluator(evaluator_dir, {"t2m": 263, "kit": 251}[kind]).to(device)
+    vectorizer = WordVectorizer(glove_dir)
+    eval_mean, eval_std = load_eval_meta(meta_dir, kind)
+    dataset = MotionDataset(root, "test", kind, mode="eval", eval_mean=eval_mean, eval_std=eval_std)
+    print(f"{args.dataset} test: {len(dataset)} samples -> {len(dataset) // 32} batches of 32 per pass")
+    generators = {}
+    for checkpoint in ([] if args.real_only else args.checkpoint):
+        generators[Path(checkpoint).resolve().parent.name or "LUMA"] = _luma_generator(
+            checkpoint, eval_mean, eval_std, device, args.guidance, args.steps, args.seed)
+    results = evaluate_protocol(evaluator, vectorizer, dataset, args.replications, generators, seed=args.seed,
+                                device=device)
+    table = results_table(results)
+    print(table)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "t2m_table.md").write_text(table)
+    write_results_json(results, out / "t2m_results.json", command=" ".join(sys.argv), dataset=args.dataset,
+                       replications=args.replications, test_samples=len(dataset))
+    print(f"wrote {out / 't2m_table.md'} and {out / 't2m_results.json'}")
+    return results
+
+
+def run_train_evaluator(args):
+    train_evaluator(args.dataset, args.data_root, args.out, ae_steps=args.ae_steps, epochs=args.epochs,
+                    batch_size=args.batch_size, lr=args.lr, seed=args.seed, device=args.device)
+
+
+# -----------------------------------------------------------------------------
+# 9. Command line
 # -----------------------------------------------------------------------------
 
 def _not_implemented(args):
-    sys.exit(f"evaluate.py {args.command}: not implemented yet. Available now: the gradflow and spectrum "
-             "subcommands, and as a library T2MEvaluator, load_evaluator, WordVectorizer and the metric functions.")
+    sys.exit(f"evaluate.py {args.command}: not implemented yet. Available now: the t2m, train-evaluator, "
+             "gradflow and spectrum subcommands, and as a library T2MEvaluator, load_evaluator, WordVectorizer "
+             "and the metric functions.")
 
 
 def run_gradflow(args):
@@ -654,19 +1033,36 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0].strip(),
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
-    p = sub.add_parser("t2m", help="standard protocol (Table 1): Real row and a LUMA checkpoint, 20 replications "
-                                   "[not implemented yet]")
-    p.add_argument("--checkpoint", required=True, help="LUMA checkpoint to evaluate")
+    p = sub.add_parser("t2m", help="standard protocol (Table 1): Real row and a LUMA checkpoint, 20 replications")
+    p.add_argument("--checkpoint", nargs="+", default=None,
+                   help="LUMA checkpoint(s) to evaluate (train.py final.pt); one table row each, named by its folder")
+    p.add_argument("--real-only", action="store_true", help="only the ground-truth 'Real' row (no checkpoint needed)")
     p.add_argument("--dataset", default="humanml3d", choices=["humanml3d", "kit", "synthetic"])
-    p.add_argument("--data-root", default=None, help="dataset folder (HumanML3D layout)")
-    p.add_argument("--evaluator-dir", default="checkpoints", help="folder with <t2m|kit>/text_mot_match/model/finest.tar")
-    p.add_argument("--glove-dir", default="glove", help="folder with our_vab_data.npy, our_vab_words.pkl, our_vab_idx.pkl")
+    p.add_argument("--data-root", default=None, help="dataset folder (HumanML3D layout; default data/<dataset>)")
+    p.add_argument("--evaluator-dir", default=None,
+                   help="folder with <t2m|kit>/text_mot_match/model/finest.tar (default: checkpoints, or "
+                        "checkpoints/evaluator_synthetic for --dataset synthetic)")
+    p.add_argument("--glove-dir", default=None, help="folder with our_vab_data.npy, our_vab_words.pkl, our_vab_idx.pkl "
+                                                     "(default: glove, or <evaluator-dir>/glove for synthetic)")
     p.add_argument("--eval-meta-dir", default=None, help="folder with the evaluator mean/std (default: --evaluator-dir)")
     p.add_argument("--replications", type=int, default=20, help="replications for mean ± 95%% CI (paper: 20)")
+    p.add_argument("--guidance", type=float, default=2.5, help="classifier-free guidance scale for generation")
+    p.add_argument("--steps", type=int, default=10, help="sampler steps for generation")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--out", default="runs/eval", help="where the markdown table and JSON are written")
     p = sub.add_parser("train-evaluator", help="train the evaluator architecture for datasets without official "
-                                               "weights [not implemented yet]")
+                                               "weights: movement autoencoder, then text-motion matching (B.4)")
     p.add_argument("--dataset", default="synthetic", choices=["synthetic", "humanml3d", "kit"])
+    p.add_argument("--data-root", default=None, help="dataset folder (default data/<dataset>)")
+    p.add_argument("--out", default="checkpoints/evaluator_synthetic",
+                   help="writes glove/, <kind>_mean.npy, <kind>_std.npy and <kind>/text_mot_match/model/finest.tar")
+    p.add_argument("--ae-steps", type=int, default=200, help="movement autoencoder steps (batch 128, window 24)")
+    p.add_argument("--epochs", type=int, default=3, help="text-motion matching epochs (official: up to 300)")
+    p.add_argument("--batch-size", type=int, default=32, help="text-motion matching batch (official: 8)")
+    p.add_argument("--lr", type=float, default=5e-4, help="Adam learning rate of both stages (official 1e-4; higher to train in minutes on CPU)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p = sub.add_parser("moclip", help="Table 5 analogue: MoCLIP retrieval next to the evaluator's [not implemented yet]")
     p.add_argument("--checkpoint", required=True, help="MoCLIP checkpoint")
     p = sub.add_parser("gradflow", help="Fig. 3 / Fig. 8 analogue: mean |grad| per UNet block at fixed timesteps, "
@@ -691,7 +1087,8 @@ def main(argv=None):
     p.add_argument("--out", default="runs/spectrum")
     args = parser.parse_args(argv)
     try:
-        {"gradflow": run_gradflow, "spectrum": run_spectrum}.get(args.command, _not_implemented)(args)
+        {"gradflow": run_gradflow, "spectrum": run_spectrum, "t2m": run_t2m,
+         "train-evaluator": run_train_evaluator}.get(args.command, _not_implemented)(args)
     except (FileNotFoundError, ValueError) as error:
         sys.exit(f"error: {error}")
 

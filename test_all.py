@@ -2258,3 +2258,109 @@ def test_spectrum_and_gradflow_commands(tiny, tmp_path):
     assert len(lines) == 1 + 2 * 2 * 9 and lines[1].startswith("with,750,down0,")      # 2 runs x 2 t x 9 blocks
     assert any(line.startswith("without (no DAL),0,up3,") for line in lines)
     assert (tmp_path / "gradflow" / "gradflow.png").is_file()
+
+
+# ----- train-evaluator (B.4 training recipe), word table, and the protocol loop (B.9) -----
+
+def test_word_table_round_trips_through_word_vectorizer(tmp_path):
+    sentences = [["person", "walk", "forward"], ["person", "run", "forward"], ["man", "walk", "back"]] * 3
+    words, vectors = evaluate.build_word_vectors(sentences)
+    assert words[:3] == ["sos", "eos", "unk"] and sorted(words[3:]) == sorted({w for s in sentences for w in s})
+    assert vectors.shape == (len(words), 300) and vectors.dtype == np.float32
+    np.testing.assert_allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-5)
+    evaluate.write_word_vectors(words, vectors, tmp_path)
+    assert restricted_load(tmp_path / "our_vab_idx.pkl") == {w: i for i, w in enumerate(words)}
+    wv = WordVectorizer(tmp_path)
+    for i, w in enumerate(words):
+        np.testing.assert_array_equal(wv.word2vec[w], vectors[i])
+    vec, pos = wv["forward/ADV"]                         # a Loc_VIP word keeps its row, POS becomes the VIP class
+    np.testing.assert_array_equal(vec, vectors[words.index("forward")])
+    assert pos[POS_CLASSES.index("Loc_VIP")] == 1
+    vec, _ = wv["zebra/NOUN"]
+    np.testing.assert_array_equal(vec, vectors[2])       # unknown word -> the 'unk' row
+
+
+def test_contrastive_matching_loss_by_hand():
+    text = torch.tensor([[0.0, 0.0], [3.0, 4.0]])
+    motion = torch.tensor([[0.0, 0.0], [6.0, 8.0]])
+    # positives: d = 0 and 5 -> mean d^2 = 12.5; negatives (shift 1): t0 vs m1 d = 10 -> 0, t1 vs m0 d = 5 -> 25
+    loss = evaluate.contrastive_matching_loss(text, motion, shift=1)
+    assert loss.item() == pytest.approx(12.5 + 12.5)
+    assert evaluate.contrastive_matching_loss(text, motion, shift=1, margin=2.0).item() == pytest.approx(12.5)
+
+
+def test_movement_autoencoder_shapes_and_loss():
+    torch.manual_seed(0)
+    enc, dec = evaluate.MovementConvEncoder(263 - 4), evaluate.MovementConvDecoder(512, 512, 263)
+    windows = torch.randn(3, 24, 263)
+    assert dec(enc(windows[..., :-4])).shape == (3, 24, 263)
+    loss, rec = evaluate.movement_autoencoder_loss(enc, dec, windows)
+    assert rec.item() > 0 and loss.item() > rec.item()          # + the two 0.001-weighted latent terms
+
+
+def test_train_evaluator_writes_files_that_load_strictly(tiny, tmp_path):
+    root, _ = tiny
+    out = evaluate.train_evaluator("synthetic", root, tmp_path / "ev", ae_steps=1, ae_batch_size=4, epochs=1,
+                                   batch_size=8, progress=False)
+    path = out / "t2m" / "text_mot_match" / "model" / "finest.tar"
+    assert path.is_file()
+    state = torch.load(path, weights_only=True)
+    assert state["epoch"] == 1 and np.isfinite(state["val_loss"])
+    model = load_evaluator(out, 263)                   # strict=True inside
+    assert isinstance(model, T2MEvaluator) and not model.training
+    wv = WordVectorizer(out / "glove")
+    assert {"sos", "eos", "unk", "walk"} <= set(wv.word2vec)
+    mean, std = load_eval_meta(out, "t2m")
+    ds = evaluate.MotionDataset(root, "train", "t2m")
+    np.testing.assert_array_equal(mean, ds.mean)
+    np.testing.assert_array_equal(std, ds.std)
+
+
+def test_protocol_real_row_and_identity_generator_on_tiny(tiny, tmp_path, monkeypatch):
+    root, _ = tiny
+    torch.manual_seed(0)
+    words, vectors = evaluate.build_word_vectors(evaluate.caption_vocabulary(root / "texts"))
+    evaluate.write_word_vectors(words, vectors, tmp_path)
+    dataset = torch.utils.data.Subset(evaluate.MotionDataset(root, "train", "t2m", mode="eval"), range(10))
+    evaluator = T2MEvaluator(263).eval()
+    seen, last = [], {}
+    original = evaluate.embed_eval_batch
+
+    def capture(ev, wv, tokens, motions, m_lens, device="cpu"):     # remembers the GT batch the Real row embeds
+        last["motions"] = motions
+        seen.append(len(tokens))
+        return original(ev, wv, tokens, motions, m_lens, device)
+    monkeypatch.setattr(evaluate, "embed_eval_batch", capture)
+
+    def identity(captions, m_lens):          # a "model" returning the GT batch: same crops and texts as Real
+        return last["motions"]
+    results = evaluate.evaluate_protocol(evaluator, WordVectorizer(tmp_path), dataset, replications=2,
+                                         generators={"identity": identity}, batch_size=4, progress=False,
+                                         diversity_times=4)
+    assert set(seen) == {4}                                 # drop_last: only full batches
+    for row in ("Real", "identity"):
+        for metric in ("FID", "Top1", "Top2", "Top3", "Diversity", "MM-Dist"):
+            assert len(results[row][metric]) == 2 and np.isfinite(results[row][metric]).all()
+        assert results[row]["MultiModality"] == []
+        assert all(0 <= a <= b <= c <= 1 for a, b, c in zip(*(results[row][k] for k in ("Top1", "Top2", "Top3"))))
+    for metric in ("Top1", "Top2", "Top3", "MM-Dist", "FID"):  # identical motions and texts -> identical metrics
+        np.testing.assert_allclose(results["identity"][metric], results["Real"][metric], rtol=1e-9, atol=1e-9)
+    table = results_table(results)
+    assert "| Real |" in table and "| identity |" in table and "nan" not in table
+
+
+def test_t2m_cli_needs_checkpoint_or_real_only(tmp_path):
+    with pytest.raises(SystemExit, match="--real-only"):
+        evaluate.main(["t2m", "--dataset", "synthetic", "--out", str(tmp_path)])
+
+
+def test_luma_generator_returns_eval_normalised_padded_batch(tiny, tmp_path):
+    final = _train(tiny, tmp_path / "run", 2)
+    mean, std = np.full(263, 0.5, np.float32), np.full(263, 2.0, np.float32)
+    generate = evaluate._luma_generator(final, mean, std, "cpu", guidance=2.5, steps=2, seed=0)
+    out = generate(["a person walks forward.", "a man jumps."], torch.tensor([40, 24]))
+    assert out.shape == (2, 196, 263) and out.dtype == torch.float32 and torch.isfinite(out).all()
+    assert (out[0, 40:] == 0).all() and (out[1, 24:] == 0).all() and (out[1, :24] != 0).any()
+    from sample import load_model
+    raw = load_model(final, "cpu").generate_features(["a person walks forward."], [40], steps=2, seed=0)[0]
+    np.testing.assert_allclose(out[0, :40].numpy(), (raw - 0.5) / 2.0, rtol=1e-5, atol=1e-5)   # B.7 bridge
