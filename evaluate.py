@@ -49,7 +49,7 @@ from torch.nn.utils.rnn import pack_padded_sequence
 from tqdm import tqdm
 
 from anchors import dct, dual_anchor_loss
-from data import KINDS, MotionDataset, _evaluator_tokens
+from data import KINDS, MotionDataset, _evaluator_tokens, _parse_text_line
 from diffusion import alphas_cumprod, linear_betas, masked_mse, q_sample
 from moclip import load_moclip, moclip_from_state
 
@@ -456,18 +456,24 @@ def results_table(results):
     return "\n".join(lines) + "\n"
 
 
+def _write_atomic(path, write):
+    """write(file) into path via a temporary file and a rename, so a crash never leaves a half-written file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "wb") as f:
+        write(f)
+    os.replace(tmp, path)
+    return path
+
+
 def write_results_json(results, path, **meta):
     """Write replication values, mean and CI per row and metric (plus plain meta, e.g. the command) atomically."""
     out = {"meta": meta, "results": {}}
     for name, row in results.items():
         out["results"][name] = {m: {"values": [float(v) for v in vals], "mean": mean_ci(vals)[0],
                                     "ci95": mean_ci(vals)[1]} for m, vals in row.items() if len(vals)}
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(out, indent=2))
-    os.replace(tmp, path)
-    return path
+    return _write_atomic(path, lambda f: f.write(json.dumps(out, indent=2).encode()))
 
 
 # -----------------------------------------------------------------------------
@@ -594,9 +600,9 @@ def caption_vocabulary(text_dir):
     sentences = []
     for path in files:
         for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
-            parts = line.strip().split("#")
-            if len(parts) == 4:
-                words = [t.rpartition("/")[0] for t in parts[1].split() if "/" in t]
+            parsed = _parse_text_line(line)                      # the loader's parser; malformed lines are None
+            if parsed is not None:
+                words = [t.rpartition("/")[0] for t in parsed[1] if "/" in t]
                 sentences.append([w for w in words if w])
     return sentences
 
@@ -642,15 +648,10 @@ def write_word_vectors(words, vectors, glove_dir, prefix="our_vab"):
     if len(words) != len(vectors) or vectors.shape[1:] != (WORD_DIM,):
         raise ValueError(f"need V words and (V, {WORD_DIM}) vectors, got {len(words)} and {vectors.shape}")
     root = Path(glove_dir)
-    root.mkdir(parents=True, exist_ok=True)
     word2idx = {w: i for i, w in enumerate(words)}
-    for name, write in ((f"{prefix}_data.npy", lambda f: np.save(f, np.asarray(vectors, np.float32))),
-                        (f"{prefix}_words.pkl", lambda f: pickle.dump(list(words), f)),
-                        (f"{prefix}_idx.pkl", lambda f: pickle.dump(word2idx, f))):
-        tmp = root / (name + ".tmp")
-        with open(tmp, "wb") as f:
-            write(f)
-        os.replace(tmp, root / name)
+    _write_atomic(root / f"{prefix}_data.npy", lambda f: np.save(f, np.asarray(vectors, np.float32)))
+    _write_atomic(root / f"{prefix}_words.pkl", lambda f: pickle.dump(list(words), f))
+    _write_atomic(root / f"{prefix}_idx.pkl", lambda f: pickle.dump(word2idx, f))
     return root
 
 
@@ -768,9 +769,7 @@ def train_evaluator(dataset="synthetic", data_root=None, out="checkpoints/evalua
     train_set = MotionDataset(root, "train", kind, mode="eval")          # eval crop, normalised with .mean/.std
     val_set = MotionDataset(root, "val", kind, mode="eval")
     for name, stat in (("mean", train_set.mean), ("std", train_set.std)):
-        tmp = out / f"{kind}_{name}.tmp.npy"
-        np.save(tmp, stat.astype(np.float32))
-        os.replace(tmp, out / f"{kind}_{name}.npy")
+        _write_atomic(out / f"{kind}_{name}.npy", lambda f, stat=stat: np.save(f, stat.astype(np.float32)))
     dim_pose = train_set.mean.shape[0]
     evaluator = T2MEvaluator(dim_pose).to(device)
 
@@ -902,8 +901,7 @@ def _luma_generator(checkpoint, eval_mean, eval_std, device, guidance, steps, se
         feats = sampler.generate_features(list(captions), lengths, guidance=guidance, steps=steps, seed=counter[0])
         counter[0] += 1                                          # new noise for every batch and replication
         out = np.zeros((len(lengths), MAX_EVAL_LEN, len(eval_mean)), np.float32)
-        for i, f in enumerate(feats):
-            f = f.detach().cpu().numpy() if isinstance(f, torch.Tensor) else np.asarray(f)
+        for i, f in enumerate(feats):                           # numpy (length_i, D) each
             # generate_features returns denormalised features, so only the evaluator normalisation is left (B.7)
             out[i, :lengths[i]] = (f[:lengths[i]] - eval_mean) / eval_std
         return torch.from_numpy(out)
