@@ -225,5 +225,8 @@ class AnchorWeighting(nn.Module):
 
     def weigh(self, zeta, anchor_loss):
         """zeta * anchor_loss, the anchor part of Eq. (10); for 'learnable' plus the uncertainty term s."""
-        weighted = zeta.to(anchor_loss.device) * anchor_loss
+        # A fixed zeta lives on the host (a 0-d CPU tensor): multiply by its Python value, so no host-to-GPU copy
+        # sits in the training step; the learnable zeta is already on the loss's device.
+        factor = zeta if zeta.requires_grad else zeta.item()
+        weighted = factor * anchor_loss
         return weighted + self.log_var if self.kind == "learnable" else weighted

@@ -13,7 +13,7 @@ Chapters, top to bottom:
   3. positions->features  joints_to_features(joints (T,J,3)) -> (T-1, D)         (spec A.4, A.5)
   4. features->positions  features_to_joints(features (...,T,D)) -> (...,T,J,3)  (spec A.6, recover_from_ric)
   5. mirroring, stats     mirror_joints, mirror_caption, feature_blocks, mean_std (spec A.7, A.8)
-  6. dataset              MotionDataset (train mode and the evaluator's eval mode), collate_eval
+  6. dataset              MotionDataset (train mode and the evaluator's eval mode), collate_eval, to_device
   7. rendering            render_animation (GIF / MP4), render_filmstrip (PNG)
 
 Only numpy and torch are imported at module level; matplotlib is imported inside the rendering functions.
@@ -724,6 +724,16 @@ def collate_eval(batch):
     return ([b[0] for b in batch], [b[1] for b in batch], torch.from_numpy(np.stack([b[2] for b in batch])),
             torch.tensor([b[3] for b in batch], dtype=torch.long),
             torch.tensor([sent_len[i] for i in order], dtype=torch.long))
+
+
+def to_device(tensor, device):
+    """Host tensor -> device without stalling the host: on CUDA the copy goes through pinned memory and is queued
+    (non_blocking), so the CPU can prepare the next batch while the GPU still works on this one. A plain copy from
+    pageable memory may wait for the GPU's queue to drain first."""
+    device = torch.device(device)
+    if device.type != "cuda" or tensor.device.type != "cpu":
+        return tensor.to(device)
+    return tensor.pin_memory().to(device, non_blocking=True)
 
 
 # -----------------------------------------------------------------------------

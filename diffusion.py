@@ -38,7 +38,9 @@ def alphas_cumprod(betas):
 
 def q_sample(x0, t, noise, alphas_cumprod):
     """x_t = sqrt(abar_t) x0 + sqrt(1 - abar_t) eps (Eq. 1); x0, noise (B, ...), t (B,) long in [0, T)."""
-    if t.min() < 0 or t.max() >= len(alphas_cumprod):
+    # The range check reads the values, which on a GPU would stall the host every training step: check host tensors
+    # only (the training loop draws t in range on the device itself).
+    if t.device.type == "cpu" and (t.min() < 0 or t.max() >= len(alphas_cumprod)):
         raise ValueError(f"q_sample: timesteps must lie in [0, {len(alphas_cumprod)}), got [{t.min()}, {t.max()}]")
     abar = alphas_cumprod.to(x0.device)[t].view(-1, *([1] * (x0.dim() - 1)))   # (B, 1, ...), schedule's precision
     return abar.sqrt().to(x0.dtype) * x0 + (1 - abar).sqrt().to(x0.dtype) * noise   # Eq. (1)
@@ -48,7 +50,7 @@ def masked_mse(pred, target, lengths):
     """Eq. (2) over valid frames: pred, target (B, T, D), lengths (B,) -> mean over features, then over each
     sample's first lengths[b] frames, then over the batch (padded frames never count)."""
     T = pred.shape[1]
-    if lengths.min() < 1 or lengths.max() > T:
+    if lengths.device.type == "cpu" and (lengths.min() < 1 or lengths.max() > T):   # host tensors only, as q_sample
         raise ValueError(f"masked_mse: lengths must lie in [1, {T}] (frames of pred, shape (B, T, D)), "
                          f"got [{lengths.min()}, {lengths.max()}]")
     per_frame = ((pred - target) ** 2).mean(dim=-1)                        # (B, T, D) -> (B, T)

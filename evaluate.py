@@ -25,13 +25,17 @@ shared/spec/t2m_evaluator.md (section numbers B.x below refer to it):
 
     train_evaluator (B.4 recipe) for datasets without official weights: word table (PPMI-SVD of the captions, in the
     our_vab format), movement autoencoder, then margin-10 contrastive text-motion matching
-    evaluate_protocol (B.9): the "Real" row and generated rows on the same GT batches, replications -> mean ± CI
+    evaluate_protocol (B.9): the "Real" row and generated rows on the same GT batches, replications -> mean ± CI,
+                                  MultiModality from mm_repeats generations of mm_captions random test captions
+                                  (mm_embeddings -> (M, R, 512) -> multimodality)
+    moclip_retrieval (Table 5 analogue): MoCLIP retrieval both ways next to the evaluator's R-precision, same batches
 
     python evaluate.py train-evaluator --dataset synthetic        # -> checkpoints/evaluator_synthetic/
     python evaluate.py t2m --dataset synthetic --real-only        # Real row, 20 replications
-    python evaluate.py t2m --dataset synthetic --checkpoint runs/luma_synthetic/final.pt
+    python evaluate.py t2m --dataset synthetic --checkpoint runs/luma_synthetic/final.pt --mm-captions 10
+    python evaluate.py moclip --dataset synthetic                 # checkpoints/moclip_synthetic.pt vs the evaluator
 
-Status: moclip (Table 5) exits with "not implemented yet"; MultiModality is not computed by the t2m loop yet.
+Status: all five subcommands are built; MultiModality (B.8) is computed for every generated row of t2m.
 """
 
 import argparse
@@ -39,19 +43,21 @@ import json
 import math
 import os
 import pickle
+import random
 import sys
 from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 from torch.nn.utils.rnn import pack_padded_sequence
 from tqdm import tqdm
 
 from anchors import dct, dual_anchor_loss
 from data import KINDS, MotionDataset, _evaluator_tokens, _parse_text_line
 from diffusion import alphas_cumprod, linear_betas, masked_mse, q_sample
-from moclip import load_moclip, moclip_from_state
+from moclip import load_moclip, moclip_from_state, topk_accuracy
 
 MAX_TEXT_LEN = 20          # B.3: captions longer than 20 tokens are cut; sos + 20 + eos = 22
 MAX_EVAL_LEN = 196         # B.6: eval motions are zero-padded to 196 frames
@@ -438,15 +444,19 @@ def mean_ci(values):
 # -----------------------------------------------------------------------------
 
 METRICS = ("FID", "Top1", "Top2", "Top3", "Diversity", "MM-Dist", "MultiModality")   # Table 1 column order
-_HEADER = ("FID ↓", "Top-1 ↑", "Top-2 ↑", "Top-3 ↑", "Diversity →", "MM-Dist ↓", "MultiModality ↑")
+_HEADER = dict(zip(METRICS, ("FID ↓", "Top-1 ↑", "Top-2 ↑", "Top-3 ↑", "Diversity →", "MM-Dist ↓",
+                             "MultiModality ↑")))
 
 
-def results_table(results):
-    """results {row name: {metric: list of replication values}} -> markdown, each cell 'mean ± CI' (3 decimals)."""
-    lines = ["| Method | " + " | ".join(_HEADER) + " |", "|---" * (len(METRICS) + 1) + "|"]
+def results_table(results, metrics=METRICS):
+    """results {row name: {metric: list of replication values}} -> markdown, each cell 'mean ± CI' (3 decimals).
+
+    metrics: the columns, in order (default: Table 1's); a row without values for one shows '-'.
+    """
+    lines = ["| Method | " + " | ".join(_HEADER[m] for m in metrics) + " |", "|---" * (len(metrics) + 1) + "|"]
     for name, row in results.items():
         cells = []
-        for metric in METRICS:
+        for metric in metrics:
             if not row.get(metric):
                 cells.append("-")                     # e.g. MultiModality of the Real row
                 continue
@@ -747,7 +757,6 @@ def train_evaluator(dataset="synthetic", data_root=None, out="checkpoints/evalua
     convergence (up to 300 epochs); the negative shift is drawn from [1, B-1] (see _matching_pass). The autoencoder
     uses the train split's motions only, and both stages use the dataset's training normalisation.
     """
-    import random
     from data import DATA_ROOTS, collate_eval
     kind = KINDS[dataset]
     root = Path(data_root or DATA_ROOTS[dataset])
@@ -825,8 +834,13 @@ def embed_eval_batch(evaluator, vectorizer, tokens, motions, m_lens, device="cpu
     word_embs, pos_ohot, cap_lens = _text_batch(vectorizer, tokens, device)
     with torch.no_grad():
         text_emb = evaluator.encode_text(word_embs, pos_ohot, cap_lens)
-        motion_emb = evaluator.encode_motion(motions.to(device), m_lens)
-    return text_emb.cpu().numpy().astype(np.float64), motion_emb.cpu().numpy().astype(np.float64)
+    return text_emb.cpu().numpy().astype(np.float64), _embed_motions(evaluator, motions, m_lens, device)
+
+
+def _embed_motions(evaluator, motions, m_lens, device="cpu"):
+    """Motions (B, 196, D) eval-normalised, m_lens (B,) in any order -> (B, 512) float64 numpy."""
+    with torch.no_grad():   # encode_motion packs with enforce_sorted=False, so lengths need no descending sort (B.5)
+        return evaluator.encode_motion(motions.to(device), m_lens).cpu().numpy().astype(np.float64)
 
 
 def _batch_metrics(text_emb, motion_emb):
@@ -834,24 +848,79 @@ def _batch_metrics(text_emb, motion_emb):
     return r_precision(dist), matching_score(dist)
 
 
-def evaluate_protocol(evaluator, vectorizer, dataset, replications=20, generators=None, batch_size=32, seed=0,
-                      device="cpu", progress=True, diversity_times=None):
-    """B.9 on an eval-mode MotionDataset -> {row: {metric: [value per replication]}}; 'Real' is the GT loader.
+def _protocol_loader(dataset, batch_size=32, seed=0):
+    """The B.9 GT loader: shuffled by a seeded generator, batches of batch_size with drop_last, sort collate (B.6).
 
-    generators: {row name: fn(captions list[str], m_lens (B,) long) -> motions (B, 196, D) eval-normalised}; each
-    generated row uses the same GT batches (captions, lengths) as the Real row, as T2M-GPT / MoMask do (B.7).
-    diversity_times: None is the B.7 rule (300 pairs if N > 300, else 100); tests on tiny data pass fewer.
+    Also seeds Python's `random`, which draws each item's caption and crop, so evaluate_protocol and moclip_retrieval
+    with the same seed see the same first pass: the same captions, crops and batches.
     """
-    import random
     from data import collate_eval
-    generators = generators or {}
     loader = torch.utils.data.DataLoader(dataset, batch_size, shuffle=True, drop_last=True, collate_fn=collate_eval,
                                          generator=torch.Generator().manual_seed(seed))
     if len(loader) == 0:
         raise ValueError(f"the test split has {len(dataset)} samples, fewer than one batch of {batch_size} (B.9 "
                          "needs batches of exactly 32)")
     random.seed(seed)
+    return loader
+
+
+def _mm_items(dataset, count, rng):
+    """`count` (B.9 mm_num_samples) distinct random eval-mode items -> captions list[str], their m_lens (count,) long.
+
+    Each item's caption and crop come from Python's `random`, reseeded from rng; its state is put back afterwards, so
+    the next replication's GT crops (and the Real row) are the same whether MultiModality is computed or not.
+    """
+    state = random.getstate()
+    random.seed(int(rng.integers(2 ** 32)))
+    items = [dataset[int(i)] for i in rng.choice(len(dataset), count, replace=False)]   # (caption, tokens, motion, len)
+    random.setstate(state)
+    return [item[0] for item in items], torch.tensor([item[3] for item in items], dtype=torch.long)
+
+
+def mm_embeddings(evaluator, generate, captions, m_lens, repeats=30, batch_size=32, device="cpu", progress=False,
+                  desc="MultiModality"):
+    """M captions, m_lens (M,) -> (M, repeats, 512) evaluator embeddings of `repeats` generations per caption.
+
+    Each generate call covers whole captions (batch_size // repeats of them, at least one: 1 x 30 for batch 32), and
+    each caption's repeats are embedded as one batch, as the original MM loader does (B.7); so identical generations
+    give identical embeddings.
+    """
+    per_call = max(1, batch_size // repeats)
+    m_lens = torch.as_tensor(m_lens)
+    acts = []
+    for start in tqdm(range(0, len(captions), per_call), desc=desc, disable=not progress, leave=False):
+        lens = m_lens[start:start + per_call].repeat_interleave(repeats)            # (k,) -> (k * repeats,)
+        # generate returns eval-normalised motions: the B.7 bridge lives in the generator (_luma_generator), so the MM
+        # samples get it too (B.7, pitfall 1: MDM missed it for them before PR #241)
+        motions = generate([c for c in captions[start:start + per_call] for _ in range(repeats)], lens)
+        for i in range(0, len(lens), repeats):                                       # (k * R, 196, D) -> k x (R, 512)
+            acts.append(_embed_motions(evaluator, motions[i:i + repeats], lens[i:i + repeats], device))
+    return np.stack(acts)                                                            # (M, R, 512)
+
+
+def evaluate_protocol(evaluator, vectorizer, dataset, replications=20, generators=None, batch_size=32, seed=0,
+                      device="cpu", progress=True, diversity_times=None, mm_captions=100, mm_repeats=30, mm_times=10):
+    """B.9 on an eval-mode MotionDataset -> {row: {metric: [value per replication]}}; 'Real' is the GT loader.
+
+    generators: {row name: fn(captions list[str], m_lens (B,) long) -> motions (B, 196, D) eval-normalised}; each
+    generated row uses the same GT batches (captions, lengths) as the Real row, as T2M-GPT / MoMask do (B.7).
+    diversity_times: None is the B.7 rule (300 pairs if N > 300, else 100); tests on tiny data pass fewer.
+    MultiModality (generated rows only; B.9 step 6): per replication, mm_captions random test items (caption and
+    eval-mode m_len; the same for every row) are generated mm_repeats times each, and multimodality() averages
+    mm_times pairs (B.9: 100, 30, 10). mm_captions=0 skips it. Its random draws come from a child of the seeded rng
+    and never shift the other metrics' draws.
+    """
+    generators = generators or {}
+    if mm_captions < 0:
+        raise ValueError(f"--mm-captions must be >= 0 (0 skips MultiModality), got {mm_captions}")
+    if mm_captions and generators and mm_repeats < mm_times:
+        raise ValueError(f"--mm-repeats ({mm_repeats}) must be at least --mm-times ({mm_times}): MultiModality draws "
+                         f"{mm_times} distinct repeats per caption twice (B.8)")
+    if mm_captions > len(dataset) and generators:
+        raise ValueError(f"--mm-captions {mm_captions} is more than the {len(dataset)} test samples; lower it")
+    loader = _protocol_loader(dataset, batch_size, seed)
     rng = np.random.default_rng(seed)
+    mm_rng = rng.spawn(1)[0]                  # spawning does not advance rng: Diversity draws stay as without MM
     rows = ["Real"] + list(generators)
     results = {row: {m: [] for m in METRICS} for row in rows}
     for rep in tqdm(range(replications), desc="replications", disable=not progress):
@@ -878,6 +947,49 @@ def evaluate_protocol(evaluator, vectorizer, dataset, replications=20, generator
                 results[row][name].append(float(top[row][k] / n))
             results[row]["MM-Dist"].append(dist_sum[row] / n)
             results[row]["Diversity"].append(diversity(a, times, rng))
+        if mm_captions and generators:                                           # B.9 step 6: GT shows '-'
+            mm_caps, mm_lens = _mm_items(dataset, mm_captions, mm_rng)           # shared by all generated rows
+            for row, generate in generators.items():
+                mm_acts = mm_embeddings(evaluator, generate, mm_caps, mm_lens, mm_repeats, batch_size, device,
+                                        progress, f"MultiModality {row}: {mm_captions} x {mm_repeats}")
+                results[row]["MultiModality"].append(multimodality(mm_acts, mm_times, mm_rng))   # B.8 MultiModality
+    return results
+
+
+def moclip_retrieval(evaluator, vectorizer, moclip_model, dataset, eval_mean, eval_std, replications=20,
+                     batch_size=32, seed=0, device="cpu", progress=True):
+    """Table 5 analogue -> {row: {'Top1'|'Top2'|'Top3': [value per replication]}} on one eval-mode test set.
+
+    Every batch of the B.9 loader is scored three ways on the same captions and crops: the evaluator's text->motion
+    R-precision (Euclidean, B.8, as evaluate_protocol) and MoCLIP text->motion and motion->text (cosine, as
+    moclip.retrieval_eval). eval_mean/eval_std (D,) are the dataset's evaluator normalisation, undone for MoCLIP.
+    Replication 1 sees exactly evaluate_protocol's first pass for the same seed; later passes differ because the
+    protocol makes a second GT pass per replication for FID.
+    """
+    rows = {"evaluator": "Evaluator (text→motion)", "t2m": "MoCLIP text→motion", "m2t": "MoCLIP motion→text"}
+    loader = _protocol_loader(dataset, batch_size, seed)
+    moclip_model.eval()
+    results = {name: {m: [] for m in ("Top1", "Top2", "Top3")} for name in rows.values()}
+    for rep in tqdm(range(replications), desc="replications", disable=not progress):
+        hits, n = {key: np.zeros(3) for key in rows}, 0
+        for captions, tokens, motions, m_lens, _ in loader:
+            text_emb, motion_emb = embed_eval_batch(evaluator, vectorizer, tokens, motions, m_lens, device)
+            hits["evaluator"] += _batch_metrics(text_emb, motion_emb)[0] * len(tokens)     # B.8 R-precision
+            # eval-normalised -> raw -> MoCLIP's own normalisation: the B.7 bridge with the roles of the stats swapped
+            x = to_eval_space(motions, torch.as_tensor(eval_mean), torch.as_tensor(eval_std),
+                              moclip_model.mean.cpu(), moclip_model.std.cpu())
+            x = x * (torch.arange(x.shape[1])[None, :] < m_lens[:, None])[..., None]   # padded frames stay 0
+            with torch.no_grad():
+                text = F.normalize(moclip_model.encode_text(captions), dim=-1)                      # (B, D_a)
+                motion = F.normalize(moclip_model.encode_motion(x.to(moclip_model.device), m_lens), dim=-1)
+            similarity = text @ motion.T                                   # (B, B) cosines: text i vs motion j
+            for key, sim in (("t2m", similarity), ("m2t", similarity.T)):
+                accuracy = topk_accuracy(sim)                              # {k: fraction}, ties count against
+                hits[key] += np.array([accuracy[k] for k in (1, 2, 3)]) * len(tokens)
+            n += len(tokens)
+        for key, name in rows.items():
+            for k, metric in enumerate(("Top1", "Top2", "Top3")):
+                results[name][metric].append(float(hits[key][k] / n))
     return results
 
 
@@ -899,44 +1011,73 @@ def _luma_generator(checkpoint, eval_mean, eval_std, device, guidance, steps, se
     def generate(captions, m_lens):
         lengths = [int(v) for v in m_lens]
         feats = sampler.generate_features(list(captions), lengths, guidance=guidance, steps=steps, seed=counter[0])
-        counter[0] += 1                                          # new noise for every batch and replication
+        counter[0] += 1                                  # new noise for every batch, replication and MM chunk
         out = np.zeros((len(lengths), MAX_EVAL_LEN, len(eval_mean)), np.float32)
         for i, f in enumerate(feats):                           # numpy (length_i, D) each
-            # generate_features returns denormalised features, so only the evaluator normalisation is left (B.7)
+            # generate_features returns denormalised features, so only the evaluator normalisation is left (B.7);
+            # MultiModality generates through this function too, so its samples get the same bridge
             out[i, :lengths[i]] = (f[:lengths[i]] - eval_mean) / eval_std
         return torch.from_numpy(out)
     return generate
 
 
-
-def run_t2m(args):
-    """Table 1: Real row (and a LUMA checkpoint's row) under the standard protocol, mean ± 95% CI -> table + JSON."""
+def _protocol_inputs(args):
+    """(evaluator, word vectoriser, eval-mode test split normalised with the evaluator's meta stats) for t2m, moclip."""
     from data import DATA_ROOTS
-    if args.checkpoint is None and not args.real_only:
-        raise ValueError("pass --checkpoint CKPT (a train.py final.pt) or --real-only for the ground-truth row alone")
     kind = KINDS[args.dataset]
     root = Path(args.data_root or DATA_ROOTS[args.dataset])
     evaluator_dir, glove_dir, meta_dir = _resolve_evaluator_paths(args)
-    device = torch.device(args.device)
-    evaluator = load_evaluator(evaluator_dir, {"t2m": 263, "kit": 251}[kind]).to(device)
+    evaluator = load_evaluator(evaluator_dir, {"t2m": 263, "kit": 251}[kind]).to(args.device)
     vectorizer = WordVectorizer(glove_dir)
     eval_mean, eval_std = load_eval_meta(meta_dir, kind)
     dataset = MotionDataset(root, "test", kind, mode="eval", eval_mean=eval_mean, eval_std=eval_std)
     print(f"{args.dataset} test: {len(dataset)} samples -> {len(dataset) // 32} batches of 32 per pass")
+    return evaluator, vectorizer, dataset
+
+
+def run_t2m(args):
+    """Table 1: Real row (and a LUMA checkpoint's row) under the standard protocol, mean ± 95% CI -> table + JSON."""
+    if args.checkpoint is None and not args.real_only:
+        raise ValueError("pass --checkpoint CKPT (a train.py final.pt) or --real-only for the ground-truth row alone")
+    evaluator, vectorizer, dataset = _protocol_inputs(args)
     generators = {}
     for checkpoint in ([] if args.real_only else args.checkpoint):
         generators[Path(checkpoint).resolve().parent.name or "LUMA"] = _luma_generator(
-            checkpoint, eval_mean, eval_std, device, args.guidance, args.steps, args.seed)
+            checkpoint, dataset.eval_mean, dataset.eval_std, args.device, args.guidance, args.steps, args.seed)
     results = evaluate_protocol(evaluator, vectorizer, dataset, args.replications, generators, seed=args.seed,
-                                device=device)
+                                device=args.device, mm_captions=args.mm_captions, mm_repeats=args.mm_repeats,
+                                mm_times=args.mm_times)
     table = results_table(results)
     print(table)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "t2m_table.md").write_text(table)
     write_results_json(results, out / "t2m_results.json", command=" ".join(sys.argv), dataset=args.dataset,
-                       replications=args.replications, test_samples=len(dataset))
+                       replications=args.replications, test_samples=len(dataset), mm_captions=args.mm_captions,
+                       mm_repeats=args.mm_repeats, mm_times=args.mm_times)
     print(f"wrote {out / 't2m_table.md'} and {out / 't2m_results.json'}")
+    return results
+
+
+def run_moclip(args):
+    """Table 5 analogue: MoCLIP retrieval both ways next to the evaluator's R-precision on the same batches."""
+    checkpoint = args.checkpoint or f"checkpoints/moclip_{args.dataset}.pt"
+    moclip_model = load_moclip(checkpoint, args.device)
+    evaluator, vectorizer, dataset = _protocol_inputs(args)
+    if moclip_model.config["motion_dim"] != evaluator.dim_pose:
+        raise ValueError(f"{checkpoint} encodes {moclip_model.config['motion_dim']}-d motions but the {args.dataset} "
+                         f"evaluator expects {evaluator.dim_pose}; pass the MoCLIP trained on --dataset {args.dataset}")
+    results = moclip_retrieval(evaluator, vectorizer, moclip_model, dataset, dataset.eval_mean, dataset.eval_std,
+                               args.replications, seed=args.seed, device=args.device)
+    table = results_table(results, ("Top1", "Top2", "Top3"))
+    print(f"Retrieval in batches of 32 (31 distractors) of the {args.dataset} test split, the same captions and crops "
+          f"for every row; evaluator: Euclidean on its co-embeddings, MoCLIP: cosine; mean ± 95% CI over "
+          f"{args.replications} replications\n{table}")
+    out = Path(args.out)
+    _write_atomic(out / "moclip_table.md", lambda f: f.write(table.encode()))
+    write_results_json(results, out / "moclip_results.json", command=" ".join(sys.argv), dataset=args.dataset,
+                       checkpoint=str(checkpoint), replications=args.replications, test_samples=len(dataset))
+    print(f"wrote {out / 'moclip_table.md'} and {out / 'moclip_results.json'}")
     return results
 
 
@@ -948,12 +1089,6 @@ def run_train_evaluator(args):
 # -----------------------------------------------------------------------------
 # 9. Command line
 # -----------------------------------------------------------------------------
-
-def _not_implemented(args):
-    sys.exit(f"evaluate.py {args.command}: not implemented yet. Available now: the t2m, train-evaluator, "
-             "gradflow and spectrum subcommands, and as a library T2MEvaluator, load_evaluator, WordVectorizer "
-             "and the metric functions.")
-
 
 def run_gradflow(args):
     """Fig. 3 / 8: mean |grad| per block for each run at each timestep -> CSV + PNG bar charts."""
@@ -994,7 +1129,6 @@ def run_gradflow(args):
 
 def run_spectrum(args):
     """Fig. 7: mean DCT magnitude per coefficient of the normalised training windows, energy share of the first k."""
-    import random
     from data import DATA_ROOTS
     root = args.data_root or DATA_ROOTS[args.dataset]
     if args.dataset == "synthetic":
@@ -1027,14 +1161,8 @@ def run_spectrum(args):
     print(f"wrote {out / 'spectrum.csv'} and {out / 'spectrum.png'}")
 
 
-def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0].strip(),
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    sub = parser.add_subparsers(dest="command", required=True)
-    p = sub.add_parser("t2m", help="standard protocol (Table 1): Real row and a LUMA checkpoint, 20 replications")
-    p.add_argument("--checkpoint", nargs="+", default=None,
-                   help="LUMA checkpoint(s) to evaluate (train.py final.pt); one table row each, named by its folder")
-    p.add_argument("--real-only", action="store_true", help="only the ground-truth 'Real' row (no checkpoint needed)")
+def _add_protocol_args(p, out):
+    """The flags t2m and moclip share: data, evaluator files, replications, seed, device, output folder."""
     p.add_argument("--dataset", default="humanml3d", choices=["humanml3d", "kit", "synthetic"])
     p.add_argument("--data-root", default=None, help="dataset folder (HumanML3D layout; default data/<dataset>)")
     p.add_argument("--evaluator-dir", default=None,
@@ -1044,11 +1172,29 @@ def main(argv=None):
                                                      "(default: glove, or <evaluator-dir>/glove for synthetic)")
     p.add_argument("--eval-meta-dir", default=None, help="folder with the evaluator mean/std (default: --evaluator-dir)")
     p.add_argument("--replications", type=int, default=20, help="replications for mean ± 95%% CI (paper: 20)")
-    p.add_argument("--guidance", type=float, default=2.5, help="classifier-free guidance scale for generation")
-    p.add_argument("--steps", type=int, default=10, help="sampler steps for generation")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    p.add_argument("--out", default="runs/eval", help="where the markdown table and JSON are written")
+    p.add_argument("--out", default=out, help="where the markdown table and JSON are written")
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0].strip(),
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("t2m", help="standard protocol (Table 1): Real row and a LUMA checkpoint, 20 replications")
+    p.add_argument("--checkpoint", nargs="+", default=None,
+                   help="LUMA checkpoint(s) to evaluate (train.py final.pt); one table row each, named by its folder")
+    p.add_argument("--real-only", action="store_true", help="only the ground-truth 'Real' row (no checkpoint needed)")
+    _add_protocol_args(p, "runs/eval")
+    p.add_argument("--guidance", type=float, default=2.5, help="classifier-free guidance scale for generation")
+    p.add_argument("--steps", type=int, default=10, help="sampler steps for generation")
+    p.add_argument("--mm-captions", type=int, default=100,
+                   help="MultiModality: random test captions per replication, each generated --mm-repeats times "
+                        "(B.9 mm_num_samples 100); 0 skips it. At the defaults that is 3,000 generations per row and "
+                        "replication, minutes each on a CPU: --mm-captions 10 keeps a CPU run to minutes in all")
+    p.add_argument("--mm-repeats", type=int, default=30, help="MultiModality: generations per caption (B.9: 30)")
+    p.add_argument("--mm-times", type=int, default=10,
+                   help="MultiModality: pairs of repeats averaged per caption, at most --mm-repeats (B.9: 10)")
     p = sub.add_parser("train-evaluator", help="train the evaluator architecture for datasets without official "
                                                "weights: movement autoencoder, then text-motion matching (B.4)")
     p.add_argument("--dataset", default="synthetic", choices=["synthetic", "humanml3d", "kit"])
@@ -1061,8 +1207,10 @@ def main(argv=None):
     p.add_argument("--lr", type=float, default=5e-4, help="Adam learning rate of both stages (official 1e-4; higher to train in minutes on CPU)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    p = sub.add_parser("moclip", help="Table 5 analogue: MoCLIP retrieval next to the evaluator's [not implemented yet]")
-    p.add_argument("--checkpoint", required=True, help="MoCLIP checkpoint")
+    p = sub.add_parser("moclip", help="Table 5 analogue: MoCLIP retrieval (text->motion, motion->text) next to the "
+                                      "evaluator's R-precision, on the same test batches")
+    p.add_argument("--checkpoint", default=None, help="MoCLIP checkpoint (default checkpoints/moclip_<dataset>.pt)")
+    _add_protocol_args(p, "runs/eval_moclip")
     p = sub.add_parser("gradflow", help="Fig. 3 / Fig. 8 analogue: mean |grad| per UNet block at fixed timesteps, "
                                         "for runs with and without the dual anchor loss")
     p.add_argument("--runs", nargs="+", required=True,
@@ -1085,8 +1233,8 @@ def main(argv=None):
     p.add_argument("--out", default="runs/spectrum")
     args = parser.parse_args(argv)
     try:
-        {"gradflow": run_gradflow, "spectrum": run_spectrum, "t2m": run_t2m,
-         "train-evaluator": run_train_evaluator}.get(args.command, _not_implemented)(args)
+        {"gradflow": run_gradflow, "spectrum": run_spectrum, "t2m": run_t2m, "moclip": run_moclip,
+         "train-evaluator": run_train_evaluator}[args.command](args)
     except (FileNotFoundError, ValueError) as error:
         sys.exit(f"error: {error}")
 

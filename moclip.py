@@ -41,7 +41,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from data import DATA_ROOTS, KINDS, MAX_MOTION_LENGTH, MotionDataset
+from data import DATA_ROOTS, KINDS, MAX_MOTION_LENGTH, MotionDataset, to_device
 
 
 # A small open_clip text tower for CPUs and the synthetic dataset: the same TextTransformer class, BPE tokenizer,
@@ -156,12 +156,16 @@ class MotionEncoder(nn.Module):
         self.output = nn.Linear(width, embed_dim)                                          # W_o
 
     def forward(self, motion, lengths):
+        """motion (B, T, D), lengths (B,) -> (B, D_a). Lengths are read on the host (checks, the trim below): pass
+        them as a list or CPU tensor, so that a GPU caller never waits for the device."""
         B, T, _ = motion.shape
         if T > self.positions.shape[0]:
             raise ValueError(f"motion has {T} frames; the encoder was built for at most {self.positions.shape[0]}")
-        if len(lengths) != B or lengths.min() < 1 or lengths.max() > T:
-            raise ValueError(f"need one length in 1..{T} per motion, got {lengths.tolist()}")
-        T = int(lengths.max())                                                              # the rest is padding
+        host_lengths = torch.as_tensor(lengths, device="cpu")
+        if len(host_lengths) != B or host_lengths.min() < 1 or host_lengths.max() > T:
+            raise ValueError(f"need one length in 1..{T} per motion, got {host_lengths.tolist()}")
+        T = int(host_lengths.max())                                                         # the rest is padding
+        lengths = to_device(host_lengths, motion.device)
         motion = motion[:, :T]
         valid = torch.arange(T, device=motion.device)[None, :] < lengths[:, None]           # (B, T), True = real frame
         s = self.dropout(self.input(motion) + self.positions[:T])                           # (B, T, D) -> (B, T, width)
@@ -211,7 +215,7 @@ class MoCLIP(nn.Module):
         """list[str] (B) -> token ids (B, 77) on the model's device (lower-cased BPE, truncated at 77)."""
         if isinstance(texts, str):
             raise ValueError("pass a list of captions, e.g. ['a person jumps'], not a single string")
-        return self.tokenizer(list(texts)).to(self.device)
+        return to_device(self.tokenizer(list(texts)), self.device)
 
     def encode_text(self, texts):
         """list[str] (B) -> sentence embedding (B, D_a): the end-of-text token after ln_final @ text_projection."""
@@ -223,7 +227,7 @@ class MoCLIP(nn.Module):
 
     def encode_motion(self, motion, lengths):
         """Normalised motion (B, T, D) and true lengths (B,) -> motion embedding (B, D_a)."""
-        return self.motion(motion, torch.as_tensor(lengths, device=motion.device))
+        return self.motion(motion, lengths)
 
     def scale(self):
         """exp(logit_scale) = 1/tau, clamped at max_logit_scale."""
@@ -320,7 +324,7 @@ def _loader(data, batch_size, generator=None):
 
 def _batch(batch, device):
     captions, motion, lengths = batch
-    return list(captions), motion.to(device, torch.float32), lengths.to(device)
+    return list(captions), to_device(motion.float(), device), lengths          # lengths stay on the host
 
 
 @torch.no_grad()
@@ -454,7 +458,7 @@ def retrieval_eval(model, dataset, repeats=20, batch_size=32, seed=0):
             captions, motion, lengths = zip(*(dataset[i] for i in order[start:start + batch_size].tolist()))
             text = F.normalize(model.encode_text(list(captions)), dim=-1)
             motion = torch.as_tensor(np.stack(motion), dtype=torch.float32, device=model.device)
-            motion = F.normalize(model.encode_motion(motion, torch.tensor(lengths, device=model.device)), dim=-1)
+            motion = F.normalize(model.encode_motion(motion, torch.tensor(lengths)), dim=-1)
             sim = text @ motion.T                                # (B, B): text i vs motion j
             t2m, m2t = topk_accuracy(sim), topk_accuracy(sim.T)
             scores.append([t2m[1], t2m[2], t2m[3], m2t[1], m2t[2], m2t[3]])

@@ -30,6 +30,7 @@ from unet import UNet
 # The paper says "DPM-Solver, 10 steps"; the default is the backbone's SDE variant with Karras steps.
 # Paper is silent here; see README "Choices"
 SAMPLERS = ["sde-dpmsolver++", "dpmsolver++", "ddpm"]
+PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 class LUMASampler:
@@ -44,17 +45,24 @@ class LUMASampler:
 
     @torch.no_grad()
     def generate_features(self, texts, lengths, guidance=2.5, steps=10, sampler="sde-dpmsolver++", karras=True,
-                          seed=0):
-        """texts list[str], lengths list[int] -> list of denormalised features (length_i, D)."""
+                          seed=0, precision="fp32"):
+        """texts list[str], lengths list[int] -> list of denormalised features (length_i, D).
+
+        precision: "fp32", or "bf16" / "fp16" autocast for the networks on CUDA (the solver state stays fp32)."""
         _check_request(texts, lengths)
+        if precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {list(PRECISIONS)}, got {precision!r}")
+        autocast = torch.autocast(self.device.type, dtype=PRECISIONS[precision], enabled=precision != "fp32")
         generator = torch.Generator(self.device).manual_seed(seed)
         T = max(lengths)                        # the backbone generates at the batch's longest length, then crops
         x_T = torch.randn(len(texts), T, self.mean.shape[0], generator=generator, device=self.device)
-        text_tokens = self.text_encoder.encode_text_tokens(list(texts))           # (B, 77, W), once per batch
-        text_tokens2 = torch.cat([text_tokens, text_tokens])                      # cond half, uncond half
+        with autocast:                          # the text tower and the UNet's text adapter: once per batch
+            text_latent = self.unet.encode_text(self.text_encoder.encode_text_tokens(list(texts)))   # (B, 77, W')
+        text_latent2 = torch.cat([text_latent, text_latent])                      # cond half, uncond half
 
         def denoise(x, t, cond_mask):
-            return self.unet(x, t, text_tokens2[: x.shape[0]], cond_mask)[0]
+            with autocast:
+                return self.unet(x, t, cond_mask=cond_mask, text_latent=text_latent2[: x.shape[0]])[0].float()
 
         def model_fn(x_t, t):
             return guided_x0(denoise, x_t, t, guidance)                           # Eq. (3), one 2B forward
@@ -156,6 +164,8 @@ def main(argv=None):
     p.add_argument("--sampler", default="sde-dpmsolver++", choices=SAMPLERS,
                    help="DPM-Solver++ 2M stochastic (the backbone's) or deterministic; ddpm = 1000-step reference")
     p.add_argument("--no-karras", action="store_true", help="uniform instead of Karras time steps")
+    p.add_argument("--precision", default="fp32", choices=list(PRECISIONS),
+                   help="bf16 / fp16: autocast the networks on a CUDA GPU (faster; the solver state stays fp32)")
     p.add_argument("--out", default="samples", help="output folder")
     p.add_argument("--device", default=None)
     args = p.parse_args(argv)
@@ -176,7 +186,8 @@ def main(argv=None):
     except ValueError as error:
         p.error(str(error))
     written = model.write(texts, lengths, args.out, num_samples=args.num_samples, seed=args.seed,
-                          guidance=args.guidance, steps=args.steps, sampler=args.sampler, karras=not args.no_karras)
+                          guidance=args.guidance, steps=args.steps, sampler=args.sampler, karras=not args.no_karras,
+                          precision=args.precision)
     for name in written:
         print(f"wrote {name}.npy (features), {name.name}_joints.npy, {name.name}.gif, {name.name}.png")
 

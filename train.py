@@ -3,6 +3,7 @@ Train LUMA: the StableMoFusion UNet with LUMA's dual anchors (paper Sec. 3.2, Al
 
     python train.py --dataset synthetic      # offline, CPU: generates data, trains MoCLIP, then LUMA (~18 min)
     python train.py --dataset humanml3d      # the paper's configuration on a CUDA GPU
+    torchrun --nproc_per_node=8 train.py --dataset humanml3d      # the same, data-parallel over 8 GPUs (DDP)
 
 One training step (Alg. 1):
     x_t = sqrt(a_t) x0 + sqrt(1 - a_t) eps                                   Eq. (1)
@@ -18,7 +19,9 @@ loss terms and zeta, sample animations, and a self-contained final checkpoint fo
 import argparse
 import copy
 import csv
+import datetime
 import math
+import os
 import random
 import sys
 import time
@@ -29,7 +32,7 @@ import torch
 from tqdm import tqdm
 
 from anchors import AnchorWeighting, DualAnchor, dual_anchor_loss
-from data import DATA_ROOTS, KINDS, MAX_MOTION_LENGTH, MotionDataset
+from data import DATA_ROOTS, KINDS, MAX_MOTION_LENGTH, MotionDataset, to_device
 from diffusion import alphas_cumprod, linear_betas, masked_mse, q_sample
 from moclip import MoCLIP, WeightsUnavailable, load_moclip, moclip_state, save_checkpoint, train_moclip
 from unet import PRESETS as UNET_PRESETS, UNet
@@ -131,6 +134,7 @@ class LUMA(torch.nn.Module):
         x0_hat, h = self.unet(x_t, t, text_tokens, cond_mask)                # h: (B, C, T')
         if self.anchor is None:
             return x0_hat, None, None
+        lengths = lengths.to(h.device, non_blocking=True)                   # the batch's lengths may be on the host
         valid = torch.arange(h.shape[-1], device=h.device) * self.unet.anchor_downsample < lengths[:, None]  # (B, T')
         z_fre, z_tem = self.anchor(h, t, valid)                              # Eq. (6), (7)
         return x0_hat, z_fre, z_tem
@@ -159,19 +163,77 @@ def build_text_encoder(args, moclip):
 
 
 # ---------------------------------------------------------------------------------------------------------------------
-# Data: a batch is a pure function of (seed, step), so --resume replays exactly the same stream
+# One training step (Alg. 1). Everything random in it is a pure function of (seed, step): --resume replays exactly the
+# same stream, and data-parallel ranks each take their share of the very same global batch.
 
-def get_batch(dataset, step, batch_size, seed, device):
-    """Batch `step` of an epoch-wise shuffled stream: (x0 (B, 196, D), lengths (B,), captions list[str])."""
+def get_batch(dataset, step, batch_size, seed, device, rank=0, world_size=1):
+    """This rank's share of global batch `step` of an epoch-wise shuffled stream: x0 (B/W, 196, D) on `device`,
+    lengths (B/W,) long on the host (read on the host without waiting for the GPU), captions list[str]."""
     per_epoch = len(dataset) // batch_size
     epoch, i = divmod(step, per_epoch)
     order = torch.randperm(len(dataset), generator=torch.Generator().manual_seed(seed * 100_003 + epoch))
-    random.seed(seed * 1_000_003 + step)                    # the dataset's random window and caption use `random`
-    items = [dataset[j] for j in order[i * batch_size:(i + 1) * batch_size].tolist()]
+    share = batch_size // world_size
+    items = []
+    for j in range(rank * share, (rank + 1) * share):         # position j in the global batch
+        random.seed(f"{seed}:{step}:{j}")                     # its random window and caption (the dataset uses `random`)
+        items.append(dataset[int(order[i * batch_size + j])])
     captions = [caption for caption, _, _ in items]
-    x0 = torch.from_numpy(np.stack([motion for _, motion, _ in items])).to(device)
-    lengths = torch.tensor([length for _, _, length in items], device=device)
+    x0 = to_device(torch.from_numpy(np.stack([motion for _, motion, _ in items])), device)
+    lengths = torch.tensor([length for _, _, length in items])
     return x0, lengths, captions
+
+
+def draw_diffusion_noise(step, batch_size, shape, seed, device, rank=0, world_size=1):
+    """t ~ U[0, T), eps ~ N(0, I) and the text-drop uniforms for this rank's share of global batch `step`: drawn for
+    the whole global batch from a generator seeded by (seed, step), on the device (no host round trip), then sliced."""
+    generator = torch.Generator(device).manual_seed(seed * 1_000_003 + step)
+    t = torch.randint(0, 1000, (batch_size,), generator=generator, device=device)          # t ~ U[0, T)
+    noise = torch.randn((batch_size, *shape), generator=generator, device=device)          # eps of Eq. (1)
+    drop = torch.rand(batch_size, generator=generator, device=device)                      # for Eq. (3)
+    share = slice(rank * (batch_size // world_size), (rank + 1) * (batch_size // world_size))
+    return t[share], noise[share], drop[share]
+
+
+def luma_loss(args, model, luma_forward, text_encoder, moclip, abar, batch, step, rank=0, world_size=1):
+    """Alg. 1 lines 3-9 on this rank's share of batch `step` -> (loss, {"ddpm", "fre", "tem", "zeta": 0-d tensors}).
+
+    luma_forward is `model`, or its torch.compile / DistributedDataParallel wrapper; the frozen MoCLIP towers run
+    under the same autocast as the UNet."""
+    x0, lengths, captions = batch
+    device = x0.device
+    t, noise, drop = draw_diffusion_noise(step, args.batch_size, x0.shape[1:], args.seed, device, rank, world_size)
+    x_t = q_sample(x0, t, noise, abar)                                                     # Eq. (1)
+    cond_mask = drop >= args.cond_drop                                     # null condition for CFG, Eq. (3)
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=args.precision == "bf16")
+    with torch.no_grad(), autocast:
+        text_tokens = text_encoder.encode_text_tokens(captions)                            # (B, 77, W), frozen
+        target_tem = moclip.encode_motion(x0, lengths) if not args.no_tem else None        # f_tem(x0), frozen
+    with autocast:
+        x0_hat, z_fre, z_tem = luma_forward(x_t, t, text_tokens, cond_mask, lengths)
+    loss_ddpm = masked_mse(x0_hat.float(), x0, lengths)                                    # Eq. (2)
+    anchor_loss, terms = dual_anchor_loss(_float(z_fre), _float(z_tem), x0, _float(target_tem),
+                                          args.lambda_fre, args.lambda_tem)               # Eq. (8), (9)
+    zeta = model.weighting(step + 1)                    # Eq. (11) or Table 4; n = 1..N_train as in Alg. 1
+    loss = loss_ddpm + model.weighting.weigh(zeta, anchor_loss)                            # Eq. (10)
+    return loss, {"ddpm": loss_ddpm, **terms, "zeta": zeta}
+
+
+def train_step(args, model, luma_forward, optimizer, ema_unet, text_encoder, moclip, abar, batch, step, rank=0,
+               world_size=1):
+    """One optimisation step: the loss, backward (where DDP averages the gradients over ranks), gradient clipping,
+    AdamW and, every ema_every steps, the EMA update -> (loss, terms) as luma_loss. Nothing in it waits for the GPU."""
+    loss, terms = luma_loss(args, model, luma_forward, text_encoder, moclip, abar, batch, step, rank, world_size)
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(model.parameters(), args.grad_clip)
+    optimizer.step()
+    if step % args.ema_every == 0:
+        update_ema(ema_unet, model.unet, args.ema_decay, first=step == 0)
+    return loss, terms
+
+
+def _float(z):
+    return None if z is None else z.float()
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -198,19 +260,42 @@ def inference_checkpoint(args, ema_unet, text_encoder, dataset, step):
 
 # ---------------------------------------------------------------------------------------------------------------------
 
+def setup_distributed(args):
+    """Data parallelism under torchrun (it sets WORLD_SIZE, RANK, LOCAL_RANK): one process per GPU with NCCL, or per
+    CPU process with gloo. -> (rank, world_size, device); a plain `python train.py` is rank 0 of 1."""
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    if world_size == 1:
+        return 0, 1, torch.device(args.device)
+    if args.batch_size % world_size:
+        sys.exit(f"error: --batch-size {args.batch_size} is the global batch; it must divide evenly over "
+                 f"{world_size} processes (e.g. {args.batch_size // world_size * world_size or world_size})")
+    rank, local_rank = int(os.environ["RANK"]), int(os.environ["LOCAL_RANK"])
+    if args.device.startswith("cuda"):
+        device = torch.device("cuda", local_rank)
+        torch.cuda.set_device(device)
+    else:
+        device = torch.device("cpu")
+    torch.distributed.init_process_group("nccl" if device.type == "cuda" else "gloo",
+                                         timeout=datetime.timedelta(minutes=30))
+    return rank, world_size, device
+
+
 def main(argv=None):
     args = get_args(argv)
-    device = torch.device(args.device)
+    rank, world_size, device = setup_distributed(args)
+    is_main = rank == 0                                       # rank 0 alone writes checkpoints, logs and samples
     out_dir = Path(args.out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    torch.manual_seed(args.seed)
+    torch.manual_seed(args.seed + rank)                       # per-rank stream for dropout
     # fp32 means fp32: PyTorch would otherwise run cuDNN convolutions in TF32 by default.
     torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = args.precision != "fp32"
 
-    # Data (the synthetic set is generated on first use)
-    if args.dataset == "synthetic":
+    # Data (the synthetic set is generated on first use, by rank 0 while the others wait)
+    if args.dataset == "synthetic" and is_main:
         from synthetic import ensure_dataset
         ensure_dataset(args.data_root, num_motions=args.synthetic_motions)  # its own seed: one dataset for every run
+    if world_size > 1:
+        torch.distributed.barrier()
     dataset = MotionDataset(args.data_root, split="train", kind=KINDS[args.dataset], mode="train",
                             feat_bias=args.feat_bias)
     if len(dataset) < args.batch_size:
@@ -223,6 +308,9 @@ def main(argv=None):
         moclip_path = Path("checkpoints") / f"moclip_{args.dataset}.pt"
         if moclip_path.exists():
             print(f"using the existing MoCLIP checkpoint {moclip_path} (delete it or pass --moclip-checkpoint to change)")
+        elif world_size > 1:
+            sys.exit(f"error: no MoCLIP checkpoint at {moclip_path}. Under torchrun, train it first in one process: "
+                     f"python moclip.py --dataset {args.dataset} --out {moclip_path}")
         else:
             print(f"no --moclip-checkpoint given: training MoCLIP first -> {moclip_path}")
             train_moclip(dataset=args.dataset, data_root=args.data_root, out=moclip_path, device=args.device,
@@ -236,11 +324,18 @@ def main(argv=None):
     optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=args.weight_decay,
                                   fused=device.type == "cuda")
     abar = alphas_cumprod(linear_betas(1000)).to(device)  # the paper's alpha_t of Eq. (1)
-    luma_forward = torch.compile(model) if args.compile else model
+    luma_forward = model
+    if world_size > 1:   # averages the gradients over ranks during backward
+        luma_forward = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device] if device.type == "cuda"
+                                                                 else None)
+    if args.compile:
+        luma_forward = torch.compile(luma_forward)
     n_params = sum(p.numel() for p in model.unet.parameters())
     n_anchor = sum(p.numel() for p in model.anchor.parameters()) if model.anchor is not None else 0
-    print(f"UNet ({args.unet}): {n_params / 1e6:.2f} M parameters; anchor heads: {n_anchor / 1e6:.2f} M; "
-          f"{len(dataset)} training samples; device {device}")
+    if is_main:
+        print(f"UNet ({args.unet}): {n_params / 1e6:.2f} M parameters; anchor heads: {n_anchor / 1e6:.2f} M; "
+              f"{len(dataset)} training samples; device {device}"
+              + (f" x {world_size} processes, {args.batch_size // world_size} samples each" if world_size > 1 else ""))
 
     step = 0
     checkpoint_path = out_dir / "checkpoint.pt"
@@ -251,11 +346,14 @@ def main(argv=None):
         model.load_state_dict(state["model"])
         ema_unet.load_state_dict(state["ema_unet"])
         optimizer.load_state_dict(state["optimizer"])
-        torch.set_rng_state(state["rng_cpu"])
-        if device.type == "cuda" and state.get("rng_cuda") is not None:
-            torch.cuda.set_rng_state(state["rng_cuda"])
         step = state["step"]
-        print(f"resumed from {checkpoint_path} at step {step}")
+        if is_main:   # the saved dropout stream is rank 0's; the other ranks start fresh, distinct ones
+            torch.set_rng_state(state["rng_cpu"])
+            if device.type == "cuda" and state.get("rng_cuda") is not None:
+                torch.cuda.set_rng_state(state["rng_cuda"])
+            print(f"resumed from {checkpoint_path} at step {step}")
+        else:
+            torch.manual_seed(args.seed * 1_000_003 + step * 1_009 + rank)
 
     def save(path):
         save_checkpoint({
@@ -266,77 +364,65 @@ def main(argv=None):
         }, path)
 
     log_path = out_dir / "log.csv"
-    log_file = open(log_path, "a" if args.resume else "w", newline="")
-    log = csv.writer(log_file)
-    if not args.resume:
-        log.writerow(["step", "loss", "ddpm", "fre", "tem", "zeta", "lr", "seconds_per_step"])
-    autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=args.precision == "bf16")
-    bar = tqdm(total=args.steps, initial=step, desc="LUMA", dynamic_ncols=True)
+    if is_main:
+        log_file = open(log_path, "a" if args.resume else "w", newline="")
+        log = csv.writer(log_file)
+        if not args.resume:
+            log.writerow(["step", "loss", "ddpm", "fre", "tem", "zeta", "lr", "seconds_per_step"])
+    bar = tqdm(total=args.steps, initial=step, desc="LUMA", dynamic_ncols=True, disable=not is_main)
     last_good = last_logged = step
     t_last = time.time()
     model.train()
+    # The loop never reads a GPU value except at log steps, so the host runs ahead: it prepares the next batch while
+    # the GPU is still busy with this one.
     while step < args.steps:
         lr = args.lr * 0.9 ** (step // args.lr_decay_every)                 # ExponentialLR(0.9) every N steps
         for group in optimizer.param_groups:
             group["lr"] = lr
-        x0, lengths, captions = get_batch(dataset, step, args.batch_size, args.seed, device)
-        B = x0.shape[0]
-        t = torch.randint(0, 1000, (B,), device=device)                        # t ~ U[0, T)
-        noise = torch.randn_like(x0)
-        x_t = q_sample(x0, t, noise, abar)                                     # Eq. (1)
-        cond_mask = torch.rand(B, device=device) >= args.cond_drop            # null condition for CFG, Eq. (3)
-        with torch.no_grad():
-            text_tokens = text_encoder.encode_text_tokens(captions)           # (B, 77, W), frozen
-            target_tem = moclip.encode_motion(x0, lengths) if not args.no_tem else None   # f_tem(x0), frozen
-        with autocast:
-            x0_hat, z_fre, z_tem = luma_forward(x_t, t, text_tokens, cond_mask, lengths)
-        loss_ddpm = masked_mse(x0_hat.float(), x0, lengths)                    # Eq. (2)
-        anchor_loss, terms = dual_anchor_loss(_float(z_fre), _float(z_tem), x0, target_tem,
-                                              args.lambda_fre, args.lambda_tem)  # Eq. (8), (9)
-        zeta = model.weighting(step + 1)                # Eq. (11) or Table 4; n = 1..N_train as in Alg. 1
-        loss = loss_ddpm + model.weighting.weigh(zeta, anchor_loss)            # Eq. (10)
-
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), args.grad_clip)
-        optimizer.step()
-        if step % args.ema_every == 0:
-            update_ema(ema_unet, model.unet, args.ema_decay, first=step == 0)
+        batch = get_batch(dataset, step, args.batch_size, args.seed, device, rank, world_size)
+        loss, terms = train_step(args, model, luma_forward, optimizer, ema_unet, text_encoder, moclip, abar, batch,
+                                 step, rank, world_size)
         step += 1
         bar.update(1)
 
         saving = step % args.save_every == 0 or step == args.steps
         if step % args.log_every == 0 or saving:                               # a NaN is never saved
-            values = [loss.item(), loss_ddpm.item(), *(terms[k].item() if k in terms else 0.0 for k in ('fre', 'tem')),
-                      zeta.item()]
+            values = torch.stack([loss.detach().float(), *(terms[k].detach().float().to(device) if k in terms
+                                                            else torch.zeros((), device=device)
+                                                            for k in ("ddpm", "fre", "tem", "zeta"))])
+            if world_size > 1:                                                 # the global batch's mean
+                torch.distributed.all_reduce(values)
+                values /= world_size
+            values = values.tolist()
             if not all(math.isfinite(v) for v in values):
-                log_file.close()
+                if is_main:
+                    log_file.close()
                 sys.exit(f"error: the loss became {values[0]} at step {step}; stopping without saving. The last good "
                          f"checkpoint (step {last_good}) is {checkpoint_path}. Try a lower --lr or --precision fp32.")
             seconds = (time.time() - t_last) / (step - last_logged)
             t_last, last_logged = time.time(), step
-            log.writerow([step, *[f"{v:.6g}" for v in values], f"{lr:.3g}", f"{seconds:.4f}"])
-            log_file.flush()
-            bar.set_postfix(loss=f"{values[0]:.4f}", ddpm=f"{values[1]:.4f}", fre=f"{values[2]:.3f}",
-                            tem=f"{values[3]:.3f}", zeta=f"{values[4]:.2f}")
-        if saving:
+            if is_main:
+                log.writerow([step, *[f"{v:.6g}" for v in values], f"{lr:.3g}", f"{seconds:.4f}"])
+                log_file.flush()
+                bar.set_postfix(loss=f"{values[0]:.4f}", ddpm=f"{values[1]:.4f}", fre=f"{values[2]:.3f}",
+                                tem=f"{values[3]:.3f}", zeta=f"{values[4]:.2f}")
+        if saving and is_main:
             save(checkpoint_path)
-            last_good = step
-        if args.sample_every and (step % args.sample_every == 0 or step == args.steps):
+        last_good = step if saving else last_good
+        if is_main and args.sample_every and (step % args.sample_every == 0 or step == args.steps):
             render_samples(ema_unet, text_encoder, dataset, out_dir / "samples" / f"step_{step:06d}", device)
     bar.close()
-    log_file.close()
     final_path = out_dir / "final.pt"
-    save_checkpoint(inference_checkpoint(args, ema_unet, text_encoder, dataset, step), final_path)
-    if device.type == "cuda":
-        print(f"peak GPU memory: {torch.cuda.max_memory_allocated(device) / 2**30:.2f} GiB")
-    print(f"done: {step} steps. Final checkpoint (EMA UNet + text tower + stats): {final_path}\n"
-          f"  log: {log_path}\n  try: python sample.py --checkpoint {final_path} --text \"a person jumps\"")
+    if is_main:
+        log_file.close()
+        save_checkpoint(inference_checkpoint(args, ema_unet, text_encoder, dataset, step), final_path)
+        if device.type == "cuda":
+            print(f"peak GPU memory: {torch.cuda.max_memory_allocated(device) / 2**30:.2f} GiB")
+        print(f"done: {step} steps. Final checkpoint (EMA UNet + text tower + stats): {final_path}\n"
+              f"  log: {log_path}\n  try: python sample.py --checkpoint {final_path} --text \"a person jumps\"")
+    if world_size > 1:
+        torch.distributed.destroy_process_group()
     return final_path
-
-
-def _float(z):
-    return None if z is None else z.float()
 
 
 def render_samples(ema_unet, text_encoder, dataset, folder, device):
