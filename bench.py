@@ -223,10 +223,11 @@ def table(rows, args):
             continue
         tflops = r["flops"] / r["ms"] / 1e9
         peak = peak_tflops(args, r["mode"])
-        ratio = f"{r['anchor_ms'] / r['ms']:.2f}x" if r["anchor_ms"] and args.device.type == "cuda" else "-"
+        anchor = r["anchor_ms"] if args.device.type == "cuda" else None      # the anchors are H100 figures
+        ratio = f"{anchor / r['ms']:.2f}x" if anchor else "-"
         lines.append(f"| {r['what']} | {r['mode']} | {r['batch']} | {r['ms']:.1f} | {1000 * r['batch'] / r['ms']:.1f} "
-                     f"| {tflops:.1f} | {f'{100 * tflops / peak:.0f}%' if peak else '-'} | {r['peak_gib']:.2f} "
-                     f"| {r['anchor_ms'] or '-'} | {ratio} |")
+                     f"| {tflops:.3g} | {f'{100 * tflops / peak:.0f}%' if peak else '-'} | {r['peak_gib']:.2f} "
+                     f"| {anchor or '-'} | {ratio} |")
     return "\n".join(lines)
 
 

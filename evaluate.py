@@ -908,7 +908,8 @@ def evaluate_protocol(evaluator, vectorizer, dataset, replications=20, generator
     MultiModality (generated rows only; B.9 step 6): per replication, mm_captions random test items (caption and
     eval-mode m_len; the same for every row) are generated mm_repeats times each, and multimodality() averages
     mm_times pairs (B.9: 100, 30, 10). mm_captions=0 skips it. Its random draws come from a child of the seeded rng
-    and never shift the other metrics' draws.
+    and never shift the protocol's own draws (GT crops, Diversity pairs); a generator that counts its calls (as
+    _luma_generator does for its seeds) does see the MM calls.
     """
     generators = generators or {}
     if mm_captions < 0:
