@@ -9,7 +9,7 @@ Training is the full LUMA step of train.py (train.train_step): the frozen text t
 UNet, both anchors, the losses, backward, gradient clipping, fused AdamW and the EMA. Sampling is sample.py's
 DPM-Solver++ with 10 steps and classifier-free guidance (one 2B forward per step), at batch 1 and 32.
 
-For each mode it prints milliseconds per step (per sampling call), samples per second, the achieved TFLOP/s and model
+For each mode it prints the mean milliseconds per step (per sampling call), samples per second, the achieved TFLOP/s and model
 FLOP utilisation (FLOPs counted once per configuration by torch.utils.flop_counter, divided by the GPU's dense peak
 for that precision), peak memory, and the ratio to the anchor figures: the backbone's public UNet measured on the
 same kind of GPU (H100; the table in the README's Performance section). Results also go to --out as JSON.
@@ -23,7 +23,6 @@ import copy
 import json
 import platform
 import resource
-import statistics
 import time
 from pathlib import Path
 
@@ -115,17 +114,16 @@ def random_batch(batch_size, device, seed=0):
 
 
 def timed(fn, steps, warmup, device):
-    """Median milliseconds of fn() over `steps` calls after `warmup` untimed ones (the GPU drained around each)."""
+    """Mean milliseconds per call of fn() over `steps` back-to-back calls after `warmup` untimed ones. The GPU is
+    drained only before and after the timed calls, so the host may run ahead as it does in training."""
     for _ in range(warmup):
         fn()
-    times = []
+    _sync(device)
+    start = time.perf_counter()
     for _ in range(steps):
-        _sync(device)
-        start = time.perf_counter()
         fn()
-        _sync(device)
-        times.append(1000 * (time.perf_counter() - start))
-    return statistics.median(times)
+    _sync(device)
+    return 1000 * (time.perf_counter() - start) / steps
 
 
 def count_flops(fn):
@@ -234,7 +232,7 @@ def table(rows, args):
 def main(argv=None):
     args = get_args(argv)
     print(f"{device_name(args.device)}, torch {torch.__version__}, preset {args.preset}; {args.warmup} warm-up and "
-          f"{args.steps} timed steps per mode (median)")
+          f"{args.steps} timed steps per mode (mean)")
     rows = []
     jobs = [("train", mode, None) for mode in args.modes if "train" in args.what]
     jobs += [("sample", mode, b) for mode in args.modes for b in args.sample_batches if "sample" in args.what]

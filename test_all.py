@@ -1820,11 +1820,28 @@ def tiny(tmp_path_factory):
     return root, ckpt
 
 
-def _train(tiny, out_dir, steps, *extra):
+def _train_flags(tiny, out_dir, steps):
     root, ckpt = tiny
-    return train.main(["--dataset", "synthetic", "--data-root", str(root), "--moclip-checkpoint", str(ckpt),
-                       "--steps", str(steps), "--batch-size", "4", "--out-dir", str(out_dir), "--log-every", "1",
-                       "--save-every", "3", "--sample-every", "0", "--anchor-decay-steps", "4", *extra])
+    return ["--dataset", "synthetic", "--data-root", str(root), "--moclip-checkpoint", str(ckpt), "--steps",
+            str(steps), "--batch-size", "4", "--out-dir", str(out_dir), "--log-every", "1", "--save-every", "3",
+            "--sample-every", "0", "--anchor-decay-steps", "4"]
+
+
+def _train(tiny, out_dir, steps, *extra):
+    return train.main([*_train_flags(tiny, out_dir, steps), *extra])
+
+
+def _compare_runs(run_a, run_b, steps, **tolerance):
+    """Both runs' checkpoint.pt at `steps`, every LUMA and EMA weight equal (bit for bit unless a tolerance is given)."""
+    a = torch.load(run_a / "checkpoint.pt", weights_only=True)
+    b = torch.load(run_b / "checkpoint.pt", weights_only=True)
+    assert a["step"] == b["step"] == steps
+    for key in ("model", "ema_unet"):
+        assert a[key].keys() == b[key].keys()
+        for name in a[key]:
+            torch.testing.assert_close(b[key][name], a[key][name], **(tolerance or dict(atol=0, rtol=0)),
+                                       msg=f"{key}.{name} differs")
+    return a, b
 
 
 def test_resume_is_exact(tiny, tmp_path):
@@ -1832,13 +1849,7 @@ def test_resume_is_exact(tiny, tmp_path):
     _train(tiny, tmp_path / "straight", 6)
     _train(tiny, tmp_path / "resumed", 3)
     _train(tiny, tmp_path / "resumed", 6, "--resume")
-    a = torch.load(tmp_path / "straight" / "checkpoint.pt", weights_only=True)
-    b = torch.load(tmp_path / "resumed" / "checkpoint.pt", weights_only=True)
-    assert a["step"] == b["step"] == 6
-    for key in ("model", "ema_unet"):
-        assert a[key].keys() == b[key].keys()
-        for name in a[key]:
-            assert torch.equal(a[key][name], b[key][name]), f"{key}.{name} differs after resume"
+    a, b = _compare_runs(tmp_path / "straight", tmp_path / "resumed", 6)           # bit for bit
     for sa, sb in zip(a["optimizer"]["state"].values(), b["optimizer"]["state"].values()):
         assert torch.equal(sa["exp_avg"], sb["exp_avg"]) and torch.equal(sa["exp_avg_sq"], sb["exp_avg_sq"])
     # the log of the resumed run continues where it stopped, and zeta follows Eq. (11) with N = 4
@@ -1851,11 +1862,8 @@ def test_resume_is_exact(tiny, tmp_path):
 
 def _torchrun(tiny, out_dir, steps, *extra, processes=2):
     """train.py under torchrun with the gloo backend: the flags of _train, one CPU thread per process."""
-    root, ckpt = tiny
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={processes}",
-               "train.py", "--dataset", "synthetic", "--data-root", str(root), "--moclip-checkpoint", str(ckpt),
-               "--steps", str(steps), "--batch-size", "4", "--out-dir", str(out_dir), "--log-every", "1",
-               "--save-every", "3", "--sample-every", "0", "--anchor-decay-steps", "4", "--device", "cpu", *extra]
+               "train.py", *_train_flags(tiny, out_dir, steps), "--device", "cpu", *extra]
     done = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=600,
                           env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
@@ -1868,13 +1876,8 @@ def test_ddp_two_processes_equal_one_process_and_resume(tiny, tmp_path):
     _train(tiny, tmp_path / "single", 4)
     _torchrun(tiny, tmp_path / "ddp", 2)
     _torchrun(tiny, tmp_path / "ddp", 4, "--resume")
-    a = torch.load(tmp_path / "single" / "checkpoint.pt", weights_only=True)
-    b = torch.load(tmp_path / "ddp" / "checkpoint.pt", weights_only=True)
-    assert a["step"] == b["step"] == 4
-    for key in ("model", "ema_unet"):
-        assert a[key].keys() == b[key].keys()
-        for name in a[key]:   # equal up to the order of float additions in the gradient all-reduce
-            torch.testing.assert_close(b[key][name], a[key][name], atol=2e-5, rtol=1e-4, msg=f"{key}.{name}")
+    # equal up to the order of float additions in the gradient all-reduce
+    a, _ = _compare_runs(tmp_path / "single", tmp_path / "ddp", 4, atol=2e-5, rtol=1e-4)
     assert a["model"]["unet.final_conv.weight"].abs().max() > 0   # zero at init: training moved the weights
     # rank 0 alone logs: one header, one row per step, the global batch's mean loss
     rows_a = list(csv.DictReader(open(tmp_path / "single" / "log.csv")))
