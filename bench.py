@@ -31,7 +31,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 import train
 from diffusion import alphas_cumprod, linear_betas
-from moclip import PRESETS as MOCLIP_PRESETS, SMALL_TEXT_CONFIG, MoCLIP
+from moclip import PRESETS as MOCLIP_PRESETS, MoCLIP
 from sample import LUMASampler
 
 MODES = [f"{precision}-{kind}" for kind in ("eager", "compiled") for precision in ("fp32", "tf32", "bf16")]
@@ -97,9 +97,9 @@ def build(args, mode):
     run.compile = mode.endswith("compiled")
     torch.manual_seed(0)
     hp = MOCLIP_PRESETS[args.preset]                                   # random weights: only the speed matters
-    moclip = MoCLIP(MOTION_DIM, hp["clip_model"], "none", text_config=SMALL_TEXT_CONFIG if args.preset == "small"
-                    else None, motion_width=hp["motion_width"], motion_layers=hp["motion_layers"],
-                    motion_heads=hp["motion_heads"], motion_ff=hp["motion_ff"], dropout=hp["dropout"])
+    moclip = MoCLIP(MOTION_DIM, hp["clip_model"], "none", motion_width=hp["motion_width"],
+                    motion_layers=hp["motion_layers"], motion_heads=hp["motion_heads"], motion_ff=hp["motion_ff"],
+                    dropout=hp["dropout"])
     moclip = moclip.to(args.device).eval().requires_grad_(False)       # frozen, as in training
     model = train.build_model(run, MOTION_DIM, moclip.text_width, moclip.embed_dim).to(args.device)
     return run, model, moclip
@@ -136,8 +136,7 @@ def count_flops(fn):
 
 def bench_train(args, mode):
     run, model, moclip = build(args, mode)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=run.lr, weight_decay=run.weight_decay,
-                                  fused=args.device.type == "cuda")           # as train.py
+    optimizer = train.build_optimizer(run, model, args.device)
     ema_unet = copy.deepcopy(model.unet).eval().requires_grad_(False)
     abar = alphas_cumprod(linear_betas(1000)).to(args.device)
     batch = random_batch(run.batch_size, args.device)

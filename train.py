@@ -134,7 +134,7 @@ class LUMA(torch.nn.Module):
         x0_hat, h = self.unet(x_t, t, text_tokens, cond_mask)                # h: (B, C, T')
         if self.anchor is None:
             return x0_hat, None, None
-        lengths = lengths.to(h.device, non_blocking=True)                   # the batch's lengths may be on the host
+        lengths = lengths.to(h.device)                                       # callers may pass host lengths
         valid = torch.arange(h.shape[-1], device=h.device) * self.unet.anchor_downsample < lengths[:, None]  # (B, T')
         z_fre, z_tem = self.anchor(h, t, valid)                              # Eq. (6), (7)
         return x0_hat, z_fre, z_tem
@@ -149,6 +149,12 @@ def build_model(args, motion_dim, text_width, anchor_dim):
                             dct_k=args.dct_k, hidden=args.anchor_hidden, time_dim=unet.time_dim,
                             use_fre=not args.no_fre, use_tem=not args.no_tem, use_film=not args.no_film)
     return LUMA(unet, anchor, AnchorWeighting(args.anchor_weighting, args.anchor_decay_steps))
+
+
+def build_optimizer(args, model, device):
+    """AdamW over every trainable part (UNet, anchor heads, a learnable zeta); fused kernels on CUDA."""
+    return torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=args.weight_decay,
+                             fused=torch.device(device).type == "cuda")
 
 
 def build_text_encoder(args, moclip):
@@ -201,6 +207,7 @@ def luma_loss(args, model, luma_forward, text_encoder, moclip, abar, batch, step
     under the same autocast as the UNet."""
     x0, lengths, captions = batch
     device = x0.device
+    device_lengths = to_device(lengths, device)   # one queued copy; MoCLIP reads the host lengths for its trim
     t, noise, drop = draw_diffusion_noise(step, args.batch_size, x0.shape[1:], args.seed, device, rank, world_size)
     x_t = q_sample(x0, t, noise, abar)                                                     # Eq. (1)
     cond_mask = drop >= args.cond_drop                                     # null condition for CFG, Eq. (3)
@@ -209,8 +216,8 @@ def luma_loss(args, model, luma_forward, text_encoder, moclip, abar, batch, step
         text_tokens = text_encoder.encode_text_tokens(captions)                            # (B, 77, W), frozen
         target_tem = moclip.encode_motion(x0, lengths) if not args.no_tem else None        # f_tem(x0), frozen
     with autocast:
-        x0_hat, z_fre, z_tem = luma_forward(x_t, t, text_tokens, cond_mask, lengths)
-    loss_ddpm = masked_mse(x0_hat.float(), x0, lengths)                                    # Eq. (2)
+        x0_hat, z_fre, z_tem = luma_forward(x_t, t, text_tokens, cond_mask, device_lengths)
+    loss_ddpm = masked_mse(x0_hat.float(), x0, device_lengths)                             # Eq. (2)
     anchor_loss, terms = dual_anchor_loss(_float(z_fre), _float(z_tem), x0, _float(target_tem),
                                           args.lambda_fre, args.lambda_tem)               # Eq. (8), (9)
     zeta = model.weighting(step + 1)                    # Eq. (11) or Table 4; n = 1..N_train as in Alg. 1
@@ -321,8 +328,7 @@ def main(argv=None):
     # Model, EMA, optimiser
     model = build_model(args, motion_dim, text_encoder.text_width, moclip.embed_dim).to(device)
     ema_unet = copy.deepcopy(model.unet).eval().requires_grad_(False)      # EMA weights: sampling and evaluation
-    optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=args.weight_decay,
-                                  fused=device.type == "cuda")
+    optimizer = build_optimizer(args, model, device)
     abar = alphas_cumprod(linear_betas(1000)).to(device)  # the paper's alpha_t of Eq. (1)
     luma_forward = model
     if world_size > 1:   # averages the gradients over ranks during backward
