@@ -30,6 +30,7 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 import train
+from data import float_range, int_range
 from diffusion import alphas_cumprod, linear_betas
 from moclip import PRESETS as MOCLIP_PRESETS, MoCLIP
 from sample import LUMASampler
@@ -58,12 +59,14 @@ def get_args(argv=None):
     p.add_argument("--preset", choices=list(train.PRESETS), default=None, help="default: paper on CUDA, small on CPU")
     p.add_argument("--modes", nargs="+", default=None, choices=MODES, help=f"default: all of {MODES} on CUDA")
     p.add_argument("--what", nargs="+", default=["train", "sample"], choices=["train", "sample"])
-    p.add_argument("--batch-size", type=int, default=None, help="training batch (default: the preset's, paper 64)")
-    p.add_argument("--sample-batches", type=int, nargs="+", default=[1, 32], help="sampling batch sizes")
-    p.add_argument("--steps", type=int, default=None, help="timed steps per mode (default 30 on CUDA, 5 on a CPU)")
-    p.add_argument("--warmup", type=int, default=None, help="untimed steps first (default 10 on CUDA, 2 on a CPU; "
-                                                            "compiled modes compile here)")
-    p.add_argument("--peak-tflops", type=float, default=None,
+    p.add_argument("--batch-size", type=int_range(1), default=None,
+                   help="training batch (default: the preset's, paper 64)")
+    p.add_argument("--sample-batches", type=int_range(1), nargs="+", default=[1, 32], help="sampling batch sizes")
+    p.add_argument("--steps", type=int_range(1), default=None,
+                   help="timed steps per mode (default 30 on CUDA, 5 on a CPU)")
+    p.add_argument("--warmup", type=int_range(0), default=None,
+                   help="untimed steps first (default 10 on CUDA, 2 on a CPU; compiled modes compile here)")
+    p.add_argument("--peak-tflops", type=float_range(0, low_open=True), default=None,
                    help="the device's dense peak for the MFU column when it is not a known GPU (e.g. a CPU's)")
     p.add_argument("--out", default="runs/bench.json", help="JSON with every measured row")
     args = p.parse_args(argv)

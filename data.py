@@ -15,16 +15,23 @@ Chapters, top to bottom:
   5. mirroring, stats     mirror_joints, mirror_caption, feature_blocks, mean_std (spec A.7, A.8)
   6. dataset              MotionDataset (train mode and the evaluator's eval mode), collate_eval, to_device
   7. rendering            render_animation (GIF / MP4), render_filmstrip (PNG)
+  8. user input           InputError, user_errors, argparse types (int_range, float_range, SEED, device_name,
+                          folder_path, file_path), read_text_lines, read_array, load_checkpoint, load_weights,
+                          write_atomic, save_checkpoint
 
 Only numpy and torch are imported at module level; matplotlib is imported inside the rendering functions.
 """
 from __future__ import annotations
 
+import argparse
+import contextlib
 import math
 import os
+import pickle
 import random
 import re
 import shutil
+import sys
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -496,13 +503,15 @@ _WHERE = ("Where the data comes from: HumanML3D must be built from AMASS with th
 
 
 def _missing_layout_error(what, path, root):
+    if Path(path).is_file():
+        return FileNotFoundError(f"{what} {path} is a file, not a folder\n{_LAYOUT}\n{_WHERE}")
     present = sorted(p.name + ("/" if p.is_dir() else "") for p in Path(root).iterdir()) if Path(root).is_dir() else []
     shown = ", ".join(present[:12]) + (" ..." if len(present) > 12 else "")
     found = f"\nfound in {root}: {shown or '(nothing)'}" if Path(root).is_dir() else ""
     return FileNotFoundError(f"{what} not found: {path}{found}\n{_LAYOUT}\n{_WHERE}")
 
 
-def _parse_text_line(line):
+def parse_text_line(line):
     """'caption#tokens#start#end' -> (caption, tokens, start, end), or None when malformed. NaN tags read as 0."""
     parts = line.strip().split("#")
     if len(parts) != 4 or not parts[0].strip():
@@ -516,7 +525,7 @@ def _parse_text_line(line):
     return parts[0], [t for t in parts[1].split(" ") if t], start, end
 
 
-def _evaluator_tokens(tokens):
+def evaluator_tokens(tokens):
     """B.3: 'sos/OTHER' + up to 20 word/POS tokens + 'eos/OTHER', padded with 'unk/OTHER' to 22."""
     if len(tokens) < _MAX_TEXT_LEN:
         tokens = ["sos/OTHER"] + list(tokens) + ["eos/OTHER"]
@@ -534,7 +543,7 @@ def _read_captions(text_path, name, motion, min_len, malformed):
     for lineno, line in enumerate(lines, start=1):
         if not line.strip():
             continue
-        parsed = _parse_text_line(line)
+        parsed = parse_text_line(line)
         if parsed is None:
             malformed.append(f"{text_path}:{lineno}: {line.strip()[:80]!r}")
             continue
@@ -554,12 +563,10 @@ def _load_stats(x, name, D):
     if x is None:
         return None
     if isinstance(x, (str, os.PathLike)):
-        if not Path(x).is_file():
-            raise FileNotFoundError(f"{name} file not found: {x} (expected a .npy of shape ({D},))")
-        x = np.load(x)
+        x = read_array(x, "statistics file", f"a float32 .npy of shape ({D},)")
     x = np.asarray(x.detach().cpu() if isinstance(x, torch.Tensor) else x, dtype=np.float32)
     if x.shape != (D,):
-        raise ValueError(f"{name} has shape {x.shape}, expected ({D},): 263 for HumanML3D and the synthetic data "
+        raise InputError(f"{name} has shape {x.shape}, expected ({D},): 263 for HumanML3D and the synthetic data "
                          "(kind='t2m'), 251 for KIT-ML (kind='kit')")
     return x
 
@@ -603,7 +610,7 @@ class MotionDataset(torch.utils.data.Dataset):
 
         mean, std = _load_stats(root / "Mean.npy", "Mean.npy", D), _load_stats(root / "Std.npy", "Std.npy", D)
         if not (std > 0).all():
-            raise ValueError(f"{root / 'Std.npy'} has {int((std <= 0).sum())} non-positive entries; recompute it "
+            raise InputError(f"{root / 'Std.npy'} has {int((std <= 0).sum())} non-positive entries; recompute it "
                              "with data.mean_std (block-averaged std)")
         std = std.copy()
         std[0:4] /= feat_bias     # root rotation velocity, root XZ velocity, root height: x feat_bias in
@@ -616,7 +623,7 @@ class MotionDataset(torch.utils.data.Dataset):
         if self.eval_mean is None:
             self.eval_mean, self.eval_std = self.mean, self.std
 
-        ids = [line.strip() for line in split_file.read_text().splitlines() if line.strip()]
+        ids = [line.strip() for _, line in read_text_lines(split_file, "split file", "one clip id per line")]
         self.items = []                        # dicts: name, motion (T, D) float32, texts [(caption, tokens)]
         missing, bad_nan, bad_shape, malformed = [], [], [], []
         n_short_or_long = n_no_caption = 0
@@ -625,7 +632,7 @@ class MotionDataset(torch.utils.data.Dataset):
             if not (motion_path.is_file() and text_path.is_file()):
                 missing.append(name)
                 continue
-            motion = np.load(motion_path)
+            motion = read_array(motion_path, "motion file", f"float32 features (T, {D})")
             if motion.ndim != 2 or motion.shape[1] != D:
                 bad_shape.append(f"{name} {motion.shape}")
                 continue
@@ -661,7 +668,7 @@ class MotionDataset(torch.utils.data.Dataset):
         self.skipped = {"missing": len(missing), "nan": len(bad_nan), "bad_shape": len(bad_shape),
                         "length": n_short_or_long, "no_caption": n_no_caption, "malformed_lines": len(malformed)}
         if not self.items:
-            raise ValueError(
+            raise InputError(
                 f"no samples left in {root} split {split!r} (kind={kind!r}): {len(ids)} ids listed, "
                 f"{len(missing)} missing on disk, {len(bad_nan) + len(bad_shape)} bad motions, {n_short_or_long} "
                 f"outside the length range [{min_len}, {_MAX_LEN_EXCLUSIVE}) frames, {n_no_caption} without a "
@@ -709,7 +716,7 @@ class MotionDataset(torch.utils.data.Dataset):
         m_len = 4 * units if random.choice(["single", "single", "double"]) == "single" else 4 * (units - 1)
         start = random.randint(0, length - m_len)
         motion = (motion[start:start + m_len] - self.eval_mean) / self.eval_std
-        return caption, _evaluator_tokens(tokens), self._pad(motion), m_len
+        return caption, evaluator_tokens(tokens), self._pad(motion), m_len
 
 
 def collate_eval(batch):
@@ -873,3 +880,223 @@ def render_animation(joints, path, kind="t2m", title="", fps=None, stride=1, dpi
             figure.draw(t)
             writer.grab_frame()
     return path
+
+
+# -----------------------------------------------------------------------------
+# 8. User input: the errors scripts answer without a traceback, command-line value types, user files, checkpoints
+# -----------------------------------------------------------------------------
+
+class InputError(ValueError):
+    """Bad input from the user (a flag, a file, a checkpoint): the message says what was wrong, what was expected and
+    how to fix it. Scripts print it as one paragraph with exit status 1 (see user_errors); any other exception is a
+    bug and keeps its traceback."""
+
+
+@contextlib.contextmanager
+def user_errors(*expected):
+    """Run a script's work; an expected user error becomes `error: <message>` on stderr and exit status 1.
+
+    Expected are InputError, OSError (a missing, unreadable or unwritable file, a full disk: its message names the
+    file) and the classes in `expected` (e.g. moclip.WeightsUnavailable). Anything else propagates with its traceback.
+    Usage errors are found before this, by argparse and the scripts' check functions (exit status 2)."""
+    try:
+        yield
+    except (InputError, OSError, *expected) as error:
+        sys.exit(f"error: {error}")
+
+
+def int_range(low, high=None):
+    """argparse type: an integer in [low, high] (no upper bound when high is None)."""
+    wanted = f"an integer >= {low}" if high is None else f"an integer in {low}..{high}"
+
+    def parse(text):
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {wanted}, got {text!r}") from None
+        if value < low or (high is not None and value > high):
+            raise argparse.ArgumentTypeError(f"expected {wanted}, got {value}")
+        return value
+    return parse
+
+
+def float_range(low=-math.inf, high=math.inf, low_open=False):
+    """argparse type: a finite float in [low, high], or (low, high] with low_open (e.g. a learning rate > 0)."""
+    bounds = [f"> {low:g}" if low_open else f">= {low:g}"] if low > -math.inf else []
+    bounds += [f"<= {high:g}"] if high < math.inf else []
+    wanted = "a finite number" + (f" {' and '.join(bounds)}" if bounds else "")
+
+    def parse(text):
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {wanted}, got {text!r}") from None
+        if not math.isfinite(value) or value < low or (low_open and value == low) or value > high:
+            raise argparse.ArgumentTypeError(f"expected {wanted}, got {text}")
+        return value
+    return parse
+
+
+SEED = int_range(0, 2**32 - 1)      # argparse type of every --seed: numpy, torch and `random` all take it
+
+
+def device_name(text):
+    """argparse type: a torch device that exists on this machine (cpu, cuda, cuda:N, mps)."""
+    try:
+        device = torch.device(text)
+    except (RuntimeError, TypeError):
+        raise argparse.ArgumentTypeError(f"unknown device {text!r}; expected cpu, cuda or cuda:N") from None
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise argparse.ArgumentTypeError(
+                f"{text!r}, but PyTorch sees no CUDA GPU on this machine (torch.cuda.is_available() is False: no "
+                f"GPU, no driver, a CPU-only PyTorch build, or CUDA_VISIBLE_DEVICES hides it); use --device cpu")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise argparse.ArgumentTypeError(f"{text!r}, but this machine has {torch.cuda.device_count()} CUDA "
+                                             f"GPU(s), cuda:0..cuda:{torch.cuda.device_count() - 1}")
+    elif device.type == "mps":
+        if not torch.backends.mps.is_available():
+            raise argparse.ArgumentTypeError(f"{text!r}, but Apple's MPS backend is not available here; use cpu")
+    elif device.type != "cpu":
+        raise argparse.ArgumentTypeError(f"device {text!r} is not supported here; expected cpu, cuda or cuda:N")
+    return text
+
+
+def folder_path(text):
+    """argparse type: a folder to write into (it may not exist yet, but it must not be a file)."""
+    if Path(text).exists() and not Path(text).is_dir():
+        raise argparse.ArgumentTypeError(f"{text} is a file, not a folder; pass a folder path (it is created)")
+    return text
+
+
+def file_path(text):
+    """argparse type: a file to write (it may not exist yet, but it must not be a folder)."""
+    if Path(text).is_dir():
+        raise argparse.ArgumentTypeError(f"{text} is a folder; pass a file path, e.g. {Path(text) / 'out.pt'}")
+    return text
+
+
+def _readable_file(path, what, expected):
+    """path as a Path, or an InputError if it is missing or a folder."""
+    path = Path(path)
+    if not path.exists():
+        raise InputError(f"{what} {path} does not exist; expected {expected}")
+    if path.is_dir():
+        raise InputError(f"{what} {path} is a folder, not a file; expected {expected}")
+    return path
+
+
+def read_text_lines(path, what, expected):
+    """The non-blank lines of a user's text file as [(line number, line)], or an InputError naming the file: missing,
+    a folder, unreadable, or not UTF-8 text. `what` names it ("prompt file"), `expected` says its format."""
+    path = _readable_file(path, what, expected)
+    try:
+        text = path.read_bytes().decode("utf-8")
+    except UnicodeDecodeError as error:
+        raise InputError(f"{what} {path} is not UTF-8 text (byte {error.start}: {error.reason}); expected "
+                         f"{expected}") from None
+    except OSError as error:
+        raise InputError(f"cannot read {what} {path}: {error.strerror or error}") from None
+    return [(number, line) for number, line in enumerate(text.splitlines(), 1) if line.strip()]
+
+
+def line_error(path, number, line, problem, expected):
+    """The InputError for a bad line of a user file: where, what was wrong, what each line must look like."""
+    return InputError(f"{path}:{number}: {problem} in {line.strip()[:80]!r}; expected {expected}")
+
+
+def read_array(path, what, expected):
+    """np.load of a user's .npy file, never unpickling; any failure is an InputError naming the file."""
+    path = _readable_file(path, what, expected)
+    try:
+        return np.load(path, allow_pickle=False)
+    except ValueError as error:
+        if "allow_pickle" in str(error):
+            raise InputError(f"{what} {path} holds pickled Python objects, which are never loaded (unpickling can run "
+                             f"code); expected {expected}") from None
+        raise InputError(f"{what} {path} is not a readable .npy array ({error}); expected {expected}") from None
+    except (OSError, EOFError) as error:
+        raise InputError(f"{what} {path} is not a readable .npy array ({error}); expected {expected}") from None
+
+
+def describe_checkpoint(state):
+    """What a loaded checkpoint looks like, for error messages: 'a MoCLIP checkpoint (moclip.py)', ..."""
+    if not isinstance(state, dict):
+        return f"a {type(state).__name__}, not a checkpoint dict"
+    if state.get("format") == "luma":
+        return ("a LUMA training checkpoint (train.py's checkpoint.pt)" if "model" in state else
+                "a LUMA inference checkpoint (train.py's final.pt)")
+    if state.get("format") == "moclip":
+        return "a MoCLIP checkpoint (moclip.py)"
+    if {"movement_encoder", "motion_encoder", "text_encoder"} <= set(state):
+        return "a T2M evaluator checkpoint (finest.tar)"
+    return f"a dict with keys {sorted(map(str, state))[:8]}"
+
+
+def load_checkpoint(path, what, writer, fmt=None, keys=(), refused_hint=""):
+    """A checkpoint file read safely and checked: plain types and tensors on the CPU (torch.load, weights_only=True).
+
+    what: what the caller needs ("a LUMA checkpoint"); writer: the command that writes one; fmt: the required
+    "format" tag (None: any dict); keys: keys it must hold. A missing or foreign file, a truncated one, one holding
+    Python objects (which are never unpickled) or one lacking a key raises an InputError naming the file, what it is,
+    what was expected and `writer`, with torch's reason where torch could not read it. refused_hint is added when
+    the file holds Python objects (e.g. how to convert a trusted official file once)."""
+    path = _readable_file(path, "checkpoint", f"{what}, written by {writer}")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as error:
+        # torch's reason is its "Unsupported ..." line; its advice to load with weights_only=False is left out
+        lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+        reason = next((line for line in lines if "GLOBAL" in line or line.startswith("Unsupported")),
+                      lines[0] if lines else "")
+        if "GLOBAL" not in reason:                   # not a pickle of a checkpoint at all (e.g. an .npy file)
+            raise InputError(f"{path} is not a PyTorch checkpoint (torch: {reason}). Expected {what}, written by "
+                             f"{writer}.") from None
+        raise InputError(f"{path} holds Python objects that are never loaded here (unpickling them could run code; "
+                         f"torch: {reason}). Expected {what}, written by {writer}.{refused_hint}") from None
+    except Exception as error:   # truncated, not a torch.save file, unreadable: torch's reason, never a traceback
+        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise InputError(f"{path} is not a readable PyTorch checkpoint: truncated, damaged or not written by "
+                         f"torch.save (torch: {reason}). Expected {what}, written by {writer}.") from None
+    if not isinstance(state, dict) or (fmt is not None and state.get("format") != fmt):
+        raise InputError(f"{path} is {describe_checkpoint(state)}, not {what}; pass the file {writer} writes")
+    missing = [key for key in keys if key not in state]
+    if missing:
+        raise InputError(f"{path} lacks {', '.join(map(repr, missing))} that {what} holds; it looks like "
+                         f"{describe_checkpoint(state)}. Pass the file {writer} writes (write a damaged or older one "
+                         f"again)")
+    return state
+
+
+def load_weights(module, state_dict, path, what):
+    """module.load_state_dict(state_dict) (strict), or an InputError naming the file when the weights do not fit."""
+    try:
+        module.load_state_dict(state_dict)
+    except (RuntimeError, TypeError, AttributeError) as error:
+        lines = [line.strip() for line in str(error).strip().splitlines() if line.strip()]
+        reason = "; ".join(lines[1:3] if lines[0].startswith("Error(s) in loading state_dict") else lines[:2])
+        raise InputError(f"{path}: the {what} weights do not fit the model its configuration describes ({reason}); "
+                         f"the file is damaged or was edited") from None
+    return module
+
+
+def write_atomic(path, write):
+    """write(binary file) into path through a temporary file and a rename: a crash never leaves a half-written file,
+    and a failed write leaves an existing file as it was. A write that fails is an InputError naming the file."""
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(tmp, "wb") as f:
+            write(f)
+        os.replace(tmp, path)
+    except OSError as error:
+        tmp.unlink(missing_ok=True)
+        raise InputError(f"could not write {path}: {error.strerror or error}") from None
+    return path
+
+
+def save_checkpoint(obj, path):
+    """torch.save(obj) to path atomically (write_atomic); the project's checkpoints hold only plain types and tensors,
+    so they load with weights_only=True."""
+    return write_atomic(path, lambda f: torch.save(obj, f))

@@ -41,7 +41,6 @@ Status: all five subcommands are built; MultiModality (B.8) is computed for ever
 import argparse
 import json
 import math
-import os
 import pickle
 import random
 import sys
@@ -55,7 +54,9 @@ from torch.nn.utils.rnn import pack_padded_sequence
 from tqdm import tqdm
 
 from anchors import dct, dual_anchor_loss
-from data import KINDS, MotionDataset, _evaluator_tokens, _parse_text_line
+from data import (KINDS, SEED, InputError, MotionDataset, device_name, evaluator_tokens, float_range, folder_path,
+                  int_range, load_checkpoint, load_weights, parse_text_line, read_array, save_checkpoint, user_errors,
+                  write_atomic)
 from diffusion import alphas_cumprod, linear_betas, masked_mse, q_sample
 from moclip import load_moclip, moclip_from_state, topk_accuracy
 
@@ -174,18 +175,19 @@ def _evaluator_candidates(root, kind):
             root / "checkpoints" / sub]
 
 
+_EVALUATOR_WRITER = "the official evaluator zips (finest.tar), or `python evaluate.py train-evaluator`"
+
+
 def _load_trusted_weights(path):
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as e:
-        # We never fall back to weights_only=False ourselves: that would execute whatever the file contains.
-        raise ValueError(
-            f"{path} could not be read with torch.load(weights_only=True) ({str(e).splitlines()[0]}).\n"
-            "If (and only if) you trust this file, e.g. it is the official finest.tar, convert it once to a "
-            "tensors-only file and point --evaluator-dir at the result:\n"
-            f"  python -c \"import torch; c = torch.load('{path}', map_location='cpu', weights_only=False); "
-            "torch.save({k: c[k] for k in ('movement_encoder', 'motion_encoder', 'text_encoder')}, "
-            f"'{Path(path).with_name('finest_weights.tar')}')\"") from e
+    # We never fall back to weights_only=False ourselves: that would execute whatever the file contains. A file the
+    # user trusts (the official finest.tar) is converted once, by the user, with the command in the message.
+    convert = ("\nIf (and only if) you trust this file, e.g. it is the official finest.tar, convert it once to a "
+               "tensors-only file and point --evaluator-dir at the result:\n"
+               f"  python -c \"import torch; c = torch.load('{path}', map_location='cpu', weights_only=False); "
+               "torch.save({k: c[k] for k in ('movement_encoder', 'motion_encoder', 'text_encoder')}, "
+               f"'{Path(path).with_name('finest_weights.tar')}')\"")
+    return load_checkpoint(path, "a T2M evaluator checkpoint (finest.tar)", _EVALUATOR_WRITER, keys=_SUBMODULES,
+                           refused_hint=convert)
 
 
 def load_evaluator(path_or_dir, dim_pose=263):
@@ -206,23 +208,15 @@ def load_evaluator(path_or_dir, dim_pose=263):
         raise FileNotFoundError(f"evaluator checkpoint {path} does not exist. {_DOWNLOADS} "
                                 "Point --evaluator-dir at the folder holding them.")
     ckpt = _load_trusted_weights(path)
-    missing = [k for k in _SUBMODULES if not isinstance(ckpt, dict) or k not in ckpt]
-    if missing:
-        raise ValueError(f"{path} is not an evaluator checkpoint: missing {missing}; expected a dict with "
-                         f"state dicts under {list(_SUBMODULES)}")
     model = T2MEvaluator(dim_pose)
     for name in _SUBMODULES:
-        try:
-            getattr(model, name).load_state_dict(ckpt[name], strict=True)
-        except RuntimeError as e:
-            raise ValueError(f"{path}: {name} does not match the evaluator for dim_pose={dim_pose} "
-                             f"(HumanML3D 263 / KIT 251?):\n{e}") from e
+        load_weights(getattr(model, name), ckpt[name], path, f"{name} (evaluator for dim_pose={dim_pose}: "
+                                                             f"HumanML3D 263, KIT-ML 251)")
     return model.eval()
 
 
 def save_evaluator(model, path, **extra):
     """Write the three state dicts (plus plain extras) atomically in the finest.tar key layout."""
-    from moclip import save_checkpoint
     save_checkpoint({name: getattr(model, name).state_dict() for name in _SUBMODULES} | extra, path)
 
 
@@ -236,10 +230,10 @@ def load_eval_meta(meta_dir, kind="t2m"):
                (root / "meta" / "mean.npy", root / "meta" / "std.npy")]
     for mean_path, std_path in layouts:
         if mean_path.is_file() and std_path.is_file():
-            mean = np.load(mean_path, allow_pickle=False).astype(np.float32)
-            std = np.load(std_path, allow_pickle=False).astype(np.float32)
+            mean = read_array(mean_path, "evaluator mean", "a (D,) float array").astype(np.float32)
+            std = read_array(std_path, "evaluator std", "a (D,) float array").astype(np.float32)
             if mean.shape != std.shape or mean.ndim != 1:
-                raise ValueError(f"{mean_path} / {std_path}: expected two (D,) arrays, got {mean.shape}, {std.shape}")
+                raise InputError(f"{mean_path} / {std_path}: expected two (D,) arrays, got {mean.shape}, {std.shape}")
             return mean, std
     tried = "\n  ".join(f"{m} + {s.name}" for m, s in layouts)
     raise FileNotFoundError(f"no evaluator meta mean/std for {kind!r} under {root}; looked for:\n  {tried}\n"
@@ -285,9 +279,14 @@ class RestrictedUnpickler(pickle.Unpickler):
 
 
 def restricted_load(path):
-    """Unpickle `path` allowing only plain builtin containers and scalars (see RestrictedUnpickler)."""
-    with open(path, "rb") as f:
-        return RestrictedUnpickler(f).load()
+    """Unpickle `path` allowing only plain builtin containers and scalars (see RestrictedUnpickler); a refused or
+    unreadable pickle is an InputError naming the file."""
+    try:
+        with open(path, "rb") as f:
+            return RestrictedUnpickler(f).load()
+    except (pickle.UnpicklingError, EOFError, ValueError, TypeError, IndexError, KeyError) as error:
+        raise InputError(f"{path} is not a plain word-vector pickle ({error}); only str/int/list/dict are loaded, "
+                         f"never code. Expected the GloVe files of the evaluator zips or of train-evaluator") from None
 
 
 class WordVectorizer:
@@ -303,21 +302,21 @@ class WordVectorizer:
                 "prepare/download_glove.sh or T2M-GPT dataset/prepare/download_glove.sh; text-to-motion keeps them "
                 "in git under glove/), or from `evaluate.py train-evaluator` for datasets without official weights. "
                 "Point --glove-dir at the folder holding them.")
-        vectors = np.load(files[0], allow_pickle=False)
+        vectors = read_array(files[0], "GloVe vectors", f"a (V, {WORD_DIM}) float array")
         words, word2idx = restricted_load(files[1]), restricted_load(files[2])
         if not (isinstance(words, list) and all(isinstance(w, str) for w in words)):
-            raise ValueError(f"{files[1]} must hold a list of str")
+            raise InputError(f"{files[1]} must hold a list of str")
         if not (isinstance(word2idx, dict) and all(isinstance(k, str) and isinstance(v, int)
                                                    for k, v in word2idx.items())):
-            raise ValueError(f"{files[2]} must hold a dict str -> int")
+            raise InputError(f"{files[2]} must hold a dict str -> int")
         if vectors.ndim != 2 or vectors.shape[1] != WORD_DIM:
-            raise ValueError(f"{files[0]} must be (V, {WORD_DIM}), got {vectors.shape}")
+            raise InputError(f"{files[0]} must be (V, {WORD_DIM}), got {vectors.shape}")
         for special in ("sos", "eos", "unk"):
             if special not in word2idx:
-                raise ValueError(f"{files[2]} lacks the special word {special!r}")
+                raise InputError(f"{files[2]} lacks the special word {special!r}")
         bad = [w for w in words if w not in word2idx or not 0 <= word2idx[w] < len(vectors)]
         if bad:
-            raise ValueError(f"{len(bad)} words of {files[1]} have no valid row in {files[0]}, e.g. {bad[:5]}")
+            raise InputError(f"{len(bad)} words of {files[1]} have no valid row in {files[0]}, e.g. {bad[:5]}")
         self.word2vec = {w: vectors[word2idx[w]].astype(np.float32) for w in words}
         self.unk = vectors[word2idx["unk"]].astype(np.float32)
 
@@ -350,7 +349,7 @@ class WordVectorizer:
 
 def evaluator_text_input(tokens, vectorizer):
     """B.3: raw 'word/POS' tokens -> word_embs (22, 300), pos_ohot (22, 15), cap_len in 2..22."""
-    return vectorizer.embed(_evaluator_tokens(tokens))
+    return vectorizer.embed(evaluator_tokens(tokens))
 
 
 # -----------------------------------------------------------------------------
@@ -466,24 +465,13 @@ def results_table(results, metrics=METRICS):
     return "\n".join(lines) + "\n"
 
 
-def _write_atomic(path, write):
-    """write(file) into path via a temporary file and a rename, so a crash never leaves a half-written file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as f:
-        write(f)
-    os.replace(tmp, path)
-    return path
-
-
 def write_results_json(results, path, **meta):
     """Write replication values, mean and CI per row and metric (plus plain meta, e.g. the command) atomically."""
     out = {"meta": meta, "results": {}}
     for name, row in results.items():
         out["results"][name] = {m: {"values": [float(v) for v in vals], "mean": mean_ci(vals)[0],
                                     "ci95": mean_ci(vals)[1]} for m, vals in row.items() if len(vals)}
-    return _write_atomic(path, lambda f: f.write(json.dumps(out, indent=2).encode()))
+    return write_atomic(path, lambda f: f.write(json.dumps(out, indent=2).encode()))
 
 
 # -----------------------------------------------------------------------------
@@ -492,20 +480,16 @@ def write_results_json(results, path, **meta):
 
 def load_training_run(path, device="cpu"):
     """(LUMA model, text encoder, config) from a train.py checkpoint.pt (the one holding the anchor heads)."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"no training checkpoint at {path}; train.py writes runs/<run>/checkpoint.pt")
-    state = torch.load(path, map_location="cpu", weights_only=True)
-    if state.get("format") != "luma" or "model" not in state:
-        raise ValueError(f"{path} is not a train.py training checkpoint (final.pt has no anchor heads; pass "
-                         f"runs/<run>/checkpoint.pt)")
+    state = load_checkpoint(path, "a LUMA training checkpoint with its anchor heads (final.pt has none)",
+                            "train.py (runs/<run>/checkpoint.pt)", fmt="luma",
+                            keys=("model", "config", "unet_config", "text_encoder"))
     from train import build_model
     args = argparse.Namespace(**state["config"])
-    text_encoder = moclip_from_state(state["text_encoder"]).to(device)
+    text_encoder = moclip_from_state(state["text_encoder"], source=path).to(device)
     anchor_dim = state["model"]["anchor.tem_proj.out.weight"].shape[0] if "anchor.tem_proj.out.weight" in \
         state["model"] else text_encoder.embed_dim
     model = build_model(args, state["unet_config"]["motion_dim"], text_encoder.text_width, anchor_dim)
-    model.load_state_dict(state["model"])
+    load_weights(model, state["model"], path, "LUMA")
     return model.to(device), text_encoder, args
 
 
@@ -610,7 +594,7 @@ def caption_vocabulary(text_dir):
     sentences = []
     for path in files:
         for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
-            parsed = _parse_text_line(line)                      # the loader's parser; malformed lines are None
+            parsed = parse_text_line(line)                      # the loader's parser; malformed lines are None
             if parsed is not None:
                 words = [t.rpartition("/")[0] for t in parsed[1] if "/" in t]
                 sentences.append([w for w in words if w])
@@ -659,9 +643,9 @@ def write_word_vectors(words, vectors, glove_dir, prefix="our_vab"):
         raise ValueError(f"need V words and (V, {WORD_DIM}) vectors, got {len(words)} and {vectors.shape}")
     root = Path(glove_dir)
     word2idx = {w: i for i, w in enumerate(words)}
-    _write_atomic(root / f"{prefix}_data.npy", lambda f: np.save(f, np.asarray(vectors, np.float32)))
-    _write_atomic(root / f"{prefix}_words.pkl", lambda f: pickle.dump(list(words), f))
-    _write_atomic(root / f"{prefix}_idx.pkl", lambda f: pickle.dump(word2idx, f))
+    write_atomic(root / f"{prefix}_data.npy", lambda f: np.save(f, np.asarray(vectors, np.float32)))
+    write_atomic(root / f"{prefix}_words.pkl", lambda f: pickle.dump(list(words), f))
+    write_atomic(root / f"{prefix}_idx.pkl", lambda f: pickle.dump(word2idx, f))
     return root
 
 
@@ -778,7 +762,7 @@ def train_evaluator(dataset="synthetic", data_root=None, out="checkpoints/evalua
     train_set = MotionDataset(root, "train", kind, mode="eval")          # eval crop, normalised with .mean/.std
     val_set = MotionDataset(root, "val", kind, mode="eval")
     for name, stat in (("mean", train_set.mean), ("std", train_set.std)):
-        _write_atomic(out / f"{kind}_{name}.npy", lambda f, stat=stat: np.save(f, stat.astype(np.float32)))
+        write_atomic(out / f"{kind}_{name}.npy", lambda f, stat=stat: np.save(f, stat.astype(np.float32)))
     dim_pose = train_set.mean.shape[0]
     evaluator = T2MEvaluator(dim_pose).to(device)
 
@@ -802,7 +786,7 @@ def train_evaluator(dataset="synthetic", data_root=None, out="checkpoints/evalua
     val_loader = torch.utils.data.DataLoader(val_set, batch_size, shuffle=False, drop_last=True,
                                              collate_fn=collate_eval)
     if len(train_loader) == 0 or len(val_loader) == 0:
-        raise ValueError(f"train ({len(train_set)}) and val ({len(val_set)}) need at least one batch of {batch_size}; "
+        raise InputError(f"train ({len(train_set)}) and val ({len(val_set)}) need at least one batch of {batch_size}; "
                          "lower --batch-size")
     optimizer = torch.optim.Adam(list(evaluator.text_encoder.parameters()) +
                                  list(evaluator.motion_encoder.parameters()), lr=lr)
@@ -858,7 +842,7 @@ def _protocol_loader(dataset, batch_size=32, seed=0):
     loader = torch.utils.data.DataLoader(dataset, batch_size, shuffle=True, drop_last=True, collate_fn=collate_eval,
                                          generator=torch.Generator().manual_seed(seed))
     if len(loader) == 0:
-        raise ValueError(f"the test split has {len(dataset)} samples, fewer than one batch of {batch_size} (B.9 "
+        raise InputError(f"the test split has {len(dataset)} samples, fewer than one batch of {batch_size} (B.9 "
                          "needs batches of exactly 32)")
     random.seed(seed)
     return loader
@@ -918,7 +902,7 @@ def evaluate_protocol(evaluator, vectorizer, dataset, replications=20, generator
         raise ValueError(f"--mm-repeats ({mm_repeats}) must be at least --mm-times ({mm_times}): MultiModality draws "
                          f"{mm_times} distinct repeats per caption twice (B.8)")
     if mm_captions > len(dataset) and generators:
-        raise ValueError(f"--mm-captions {mm_captions} is more than the {len(dataset)} test samples; lower it")
+        raise InputError(f"--mm-captions {mm_captions} is more than the {len(dataset)} test samples; lower it")
     loader = _protocol_loader(dataset, batch_size, seed)
     rng = np.random.default_rng(seed)
     mm_rng = rng.spawn(1)[0]                  # spawning does not advance rng: Diversity draws stay as without MM
@@ -1038,8 +1022,6 @@ def _protocol_inputs(args):
 
 def run_t2m(args):
     """Table 1: Real row (and a LUMA checkpoint's row) under the standard protocol, mean ± 95% CI -> table + JSON."""
-    if args.checkpoint is None and not args.real_only:
-        raise ValueError("pass --checkpoint CKPT (a train.py final.pt) or --real-only for the ground-truth row alone")
     evaluator, vectorizer, dataset = _protocol_inputs(args)
     generators = {}
     for checkpoint in ([] if args.real_only else args.checkpoint):
@@ -1052,7 +1034,7 @@ def run_t2m(args):
     print(table)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "t2m_table.md").write_text(table)
+    write_atomic(out / "t2m_table.md", lambda f: f.write(table.encode()))
     write_results_json(results, out / "t2m_results.json", command=" ".join(sys.argv), dataset=args.dataset,
                        replications=args.replications, test_samples=len(dataset), mm_captions=args.mm_captions,
                        mm_repeats=args.mm_repeats, mm_times=args.mm_times)
@@ -1066,7 +1048,7 @@ def run_moclip(args):
     moclip_model = load_moclip(checkpoint, args.device)
     evaluator, vectorizer, dataset = _protocol_inputs(args)
     if moclip_model.config["motion_dim"] != evaluator.dim_pose:
-        raise ValueError(f"{checkpoint} encodes {moclip_model.config['motion_dim']}-d motions but the {args.dataset} "
+        raise InputError(f"{checkpoint} encodes {moclip_model.config['motion_dim']}-d motions but the {args.dataset} "
                          f"evaluator expects {evaluator.dim_pose}; pass the MoCLIP trained on --dataset {args.dataset}")
     results = moclip_retrieval(evaluator, vectorizer, moclip_model, dataset, dataset.eval_mean, dataset.eval_std,
                                args.replications, seed=args.seed, device=args.device)
@@ -1075,7 +1057,7 @@ def run_moclip(args):
           f"for every row; evaluator: Euclidean on its co-embeddings, MoCLIP: cosine; mean ± 95% CI over "
           f"{args.replications} replications\n{table}")
     out = Path(args.out)
-    _write_atomic(out / "moclip_table.md", lambda f: f.write(table.encode()))
+    write_atomic(out / "moclip_table.md", lambda f: f.write(table.encode()))
     write_results_json(results, out / "moclip_results.json", command=" ".join(sys.argv), dataset=args.dataset,
                        checkpoint=str(checkpoint), replications=args.replications, test_samples=len(dataset))
     print(f"wrote {out / 'moclip_table.md'} and {out / 'moclip_results.json'}")
@@ -1172,13 +1154,20 @@ def _add_protocol_args(p, out):
     p.add_argument("--glove-dir", default=None, help="folder with our_vab_data.npy, our_vab_words.pkl, our_vab_idx.pkl "
                                                      "(default: glove, or <evaluator-dir>/glove for synthetic)")
     p.add_argument("--eval-meta-dir", default=None, help="folder with the evaluator mean/std (default: --evaluator-dir)")
-    p.add_argument("--replications", type=int, default=20, help="replications for mean ± 95%% CI (paper: 20)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    p.add_argument("--out", default=out, help="where the markdown table and JSON are written")
+    p.add_argument("--replications", type=int_range(1), default=20, help="replications for mean ± 95%% CI (paper: 20)")
+    _add_run_args(p, out)
 
 
-def main(argv=None):
+def _add_run_args(p, out, out_help="folder the results are written to"):
+    """--seed, --device and --out, which every subcommand has."""
+    p.add_argument("--seed", type=SEED, default=0)
+    p.add_argument("--device", type=device_name, default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--out", type=folder_path, default=out, help=out_help)
+
+
+def get_args(argv=None):
+    """The command line, every value checked before any work starts (a bad one exits with the usage line, status 2)."""
+    count = int_range(1)
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0].strip(),
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -1187,27 +1176,27 @@ def main(argv=None):
                    help="LUMA checkpoint(s) to evaluate (train.py final.pt); one table row each, named by its folder")
     p.add_argument("--real-only", action="store_true", help="only the ground-truth 'Real' row (no checkpoint needed)")
     _add_protocol_args(p, "runs/eval")
-    p.add_argument("--guidance", type=float, default=2.5, help="classifier-free guidance scale for generation")
-    p.add_argument("--steps", type=int, default=10, help="sampler steps for generation")
-    p.add_argument("--mm-captions", type=int, default=100,
+    p.add_argument("--guidance", type=float_range(0), default=2.5,
+                   help="classifier-free guidance scale for generation (>= 0)")
+    p.add_argument("--steps", type=int_range(1, 999), default=10, help="sampler steps for generation, 1..999")
+    p.add_argument("--mm-captions", type=int_range(0), default=100,
                    help="MultiModality: random test captions per replication, each generated --mm-repeats times "
                         "(B.9 mm_num_samples 100); 0 skips it. At the defaults that is 3,000 generations per row and "
                         "replication, minutes each on a CPU: --mm-captions 10 keeps a CPU run to minutes in all")
-    p.add_argument("--mm-repeats", type=int, default=30, help="MultiModality: generations per caption (B.9: 30)")
-    p.add_argument("--mm-times", type=int, default=10,
+    p.add_argument("--mm-repeats", type=count, default=30, help="MultiModality: generations per caption (B.9: 30)")
+    p.add_argument("--mm-times", type=count, default=10,
                    help="MultiModality: pairs of repeats averaged per caption, at most --mm-repeats (B.9: 10)")
     p = sub.add_parser("train-evaluator", help="train the evaluator architecture for datasets without official "
                                                "weights: movement autoencoder, then text-motion matching (B.4)")
     p.add_argument("--dataset", default="synthetic", choices=["synthetic", "humanml3d", "kit"])
     p.add_argument("--data-root", default=None, help="dataset folder (default data/<dataset>)")
-    p.add_argument("--out", default="checkpoints/evaluator_synthetic",
-                   help="writes glove/, <kind>_mean.npy, <kind>_std.npy and <kind>/text_mot_match/model/finest.tar")
-    p.add_argument("--ae-steps", type=int, default=200, help="movement autoencoder steps (batch 128, window 24)")
-    p.add_argument("--epochs", type=int, default=3, help="text-motion matching epochs (official: up to 300)")
-    p.add_argument("--batch-size", type=int, default=32, help="text-motion matching batch (official: 8)")
-    p.add_argument("--lr", type=float, default=5e-4, help="Adam learning rate of both stages (official 1e-4; higher to train in minutes on CPU)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--ae-steps", type=count, default=200, help="movement autoencoder steps (batch 128, window 24)")
+    p.add_argument("--epochs", type=count, default=3, help="text-motion matching epochs (official: up to 300)")
+    p.add_argument("--batch-size", type=int_range(2), default=32, help="text-motion matching batch (official: 8)")
+    p.add_argument("--lr", type=float_range(0, low_open=True), default=5e-4,
+                   help="Adam learning rate of both stages (official 1e-4; higher to train in minutes on CPU)")
+    _add_run_args(p, "checkpoints/evaluator_synthetic", "writes glove/, <kind>_mean.npy, <kind>_std.npy and "
+                                                        "<kind>/text_mot_match/model/finest.tar")
     p = sub.add_parser("moclip", help="Table 5 analogue: MoCLIP retrieval (text->motion, motion->text) next to the "
                                       "evaluator's R-precision, on the same test batches")
     p.add_argument("--checkpoint", default=None, help="MoCLIP checkpoint (default checkpoints/moclip_<dataset>.pt)")
@@ -1217,27 +1206,34 @@ def main(argv=None):
     p.add_argument("--runs", nargs="+", required=True,
                    help="train.py run folders (or their checkpoint.pt), e.g. runs/luma_synthetic "
                         "runs/luma_synthetic_no_anchors")
-    p.add_argument("--timesteps", type=int, nargs="+", default=[750, 500, 250, 0], help="t of Fig. 8")
-    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--timesteps", type=int_range(0, 999), nargs="+", default=[750, 500, 250, 0],
+                   help="t of Fig. 8, each in 0..999")
+    p.add_argument("--batch-size", type=count, default=32)
     p.add_argument("--moclip-checkpoint", default=None,
                    help="frozen MoCLIP for the temporal anchor target (default checkpoints/moclip_<dataset>.pt)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    p.add_argument("--out", default="runs/gradflow")
+    _add_run_args(p, "runs/gradflow")
     p = sub.add_parser("spectrum", help="Fig. 7 analogue: mean DCT magnitude per coefficient and the energy share "
                                         "of the first k")
     p.add_argument("--dataset", default="synthetic", choices=["synthetic", "humanml3d", "kit"])
     p.add_argument("--data-root", default=None, help="dataset folder (default: data/<dataset>)")
-    p.add_argument("--split", default="train")
-    p.add_argument("--k", type=int, default=64, help="shaded low-frequency band (the paper's k)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--out", default="runs/spectrum")
+    p.add_argument("--split", default="train", choices=["train", "val", "test", "train_val", "all"])
+    p.add_argument("--k", type=int_range(1, 196), default=64, help="shaded low-frequency band (the paper's k), 1..196")
+    _add_run_args(p, "runs/spectrum")
     args = parser.parse_args(argv)
-    try:
-        {"gradflow": run_gradflow, "spectrum": run_spectrum, "t2m": run_t2m, "moclip": run_moclip,
-         "train-evaluator": run_train_evaluator}[args.command](args)
-    except (FileNotFoundError, ValueError) as error:
-        sys.exit(f"error: {error}")
+    p = sub.choices[args.command]
+    if args.command == "t2m" and args.checkpoint is None and not args.real_only:
+        p.error("pass --checkpoint CKPT (a train.py final.pt) or --real-only for the ground-truth row alone")
+    if args.command == "t2m" and args.mm_captions and args.mm_times > args.mm_repeats:
+        p.error(f"--mm-times ({args.mm_times}) is more than --mm-repeats ({args.mm_repeats}): MultiModality averages "
+                f"--mm-times pairs of the --mm-repeats generations of each caption")
+    return args
+
+
+def main(argv=None):
+    args = get_args(argv)                          # usage errors: the usage line and exit status 2, before any work
+    with user_errors():                            # expected errors: one paragraph, exit status 1; bugs: a traceback
+        return {"gradflow": run_gradflow, "spectrum": run_spectrum, "t2m": run_t2m, "moclip": run_moclip,
+                "train-evaluator": run_train_evaluator}[args.command](args)
 
 
 if __name__ == "__main__":

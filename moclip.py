@@ -29,7 +29,6 @@ import math
 import os
 import random
 import socket
-import sys
 import time
 from pathlib import Path
 from urllib.parse import urlparse
@@ -41,7 +40,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from data import DATA_ROOTS, KINDS, MAX_MOTION_LENGTH, MotionDataset, to_device
+from data import (DATA_ROOTS, KINDS, MAX_MOTION_LENGTH, SEED, InputError, MotionDataset, device_name, file_path,
+                  float_range, int_range, load_checkpoint, load_weights, save_checkpoint, to_device, user_errors)
 
 
 # A small open_clip text tower for CPUs and the synthetic dataset: the same TextTransformer class, BPE tokenizer,
@@ -72,15 +72,24 @@ def _text_config(clip_model, clip_pretrained):
         return dict(SMALL_TEXT_CONFIG)
     cfg = open_clip.get_model_config(clip_model)
     if cfg is None:
-        raise ValueError(f"unknown --clip-model {clip_model!r}: use 'small' or an open_clip model name "
+        raise InputError(f"unknown --clip-model {clip_model!r}: use 'small' or an open_clip model name "
                          f"such as ViT-B-32 (open_clip.list_models() lists them)")
     if "hf_model_name" in cfg["text_cfg"]:
-        raise ValueError(f"--clip-model {clip_model!r} has a HuggingFace text tower; MoCLIP supports open_clip's "
+        raise InputError(f"--clip-model {clip_model!r} has a HuggingFace text tower; MoCLIP supports open_clip's "
                          f"own TextTransformer towers (e.g. ViT-B-32, ViT-B-16, ViT-L-14)")
     quick_gelu = cfg.get("quick_gelu", False)
     if clip_pretrained != "none":  # e.g. the 'openai' weights were trained with QuickGELU
         quick_gelu = (open_clip.get_pretrained_cfg(clip_model, clip_pretrained) or {}).get("quick_gelu", quick_gelu)
     return dict(embed_dim=cfg["embed_dim"], quick_gelu=quick_gelu, **cfg["text_cfg"])
+
+
+def clip_model_name(text):
+    """argparse type: 'small' or an open_clip model whose text tower MoCLIP can use."""
+    try:
+        _text_config(text, "none")
+    except InputError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+    return text
 
 
 class WeightsUnavailable(RuntimeError):
@@ -185,7 +194,7 @@ class MoCLIP(nn.Module):
                  max_len=MAX_MOTION_LENGTH, max_logit_scale=20.0):
         super().__init__()
         if clip_model == "small" and clip_pretrained != "none":
-            raise ValueError(f"the small text tower has no pretrained weights; pass --clip-pretrained none "
+            raise InputError(f"the small text tower has no pretrained weights; pass --clip-pretrained none "
                              f"(got {clip_pretrained!r}) or a named --clip-model such as ViT-B-32")
         text_config = dict(text_config) if text_config is not None else _text_config(clip_model, clip_pretrained)
         self.text = build_text_tower(text_config, clip_model, clip_pretrained)
@@ -243,26 +252,32 @@ def moclip_state(model):
     return {"config": model.config, "model": model.state_dict()}
 
 
-def moclip_from_state(state):
-    """MoCLIP from moclip_state(...) or a MoCLIP checkpoint, in eval mode and frozen; downloads nothing."""
+def moclip_from_state(state, source="the MoCLIP state"):
+    """MoCLIP from moclip_state(...) or a MoCLIP checkpoint, in eval mode and frozen; downloads nothing. A state whose
+    config or weights do not build a MoCLIP raises an InputError naming `source` (the file it came from)."""
     config = dict(state["config"])
-    clip_pretrained = config.pop("clip_pretrained")
-    model = MoCLIP(**config, clip_pretrained="none")              # the weights are in the state dict
+    clip_pretrained = config.pop("clip_pretrained", "none")
+    try:
+        model = MoCLIP(**config, clip_pretrained="none")          # the weights are in the state dict
+    except (TypeError, ValueError, KeyError) as error:
+        raise InputError(f"{source}: its MoCLIP configuration does not build a model ({error}); the file is damaged "
+                         f"or was written by another version of moclip.py") from None
     model.config["clip_pretrained"] = clip_pretrained             # keeps what the tower was initialised from
-    model.load_state_dict(state["model"])
+    load_weights(model, state["model"], source, "MoCLIP")
     return model.eval().requires_grad_(False)
 
 
+MOCLIP_WRITER = "moclip.py (python moclip.py --dataset <name> writes checkpoints/moclip_<name>.pt)"
+
+
 def load_moclip(path, device="cpu"):
-    """Frozen MoCLIP (eval mode) from a checkpoint of train_moclip; .mean/.std (D,) are its motion normalisation."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"no MoCLIP checkpoint at {path}; train one with `python moclip.py --dataset ...`")
-    state = torch.load(path, map_location="cpu", weights_only=True)
-    if not isinstance(state, dict) or state.get("format") != "moclip":
-        raise ValueError(f"{path} is not a MoCLIP checkpoint written by moclip.py (missing format='moclip')")
-    model = moclip_from_state(state).to(device)
+    """Frozen MoCLIP (eval mode) from a checkpoint of train_moclip. .mean/.std (D,) are its motion normalisation,
+    .dataset and .data_root the data it was trained on."""
+    state = load_checkpoint(path, "a MoCLIP checkpoint", MOCLIP_WRITER, fmt="moclip",
+                            keys=("config", "model", "mean", "std"))
+    model = moclip_from_state(state, source=path).to(device)
     model.mean, model.std = state["mean"], state["std"]
+    model.dataset, model.data_root = state.get("dataset"), state.get("data_root")
     return model
 
 
@@ -299,15 +314,6 @@ def set_stage(model, stage):
 # ---------------------------------------------------------------------------------------------------------------------
 # Training
 
-def save_checkpoint(obj, path):
-    """Write atomically (temporary file, then rename): a crash mid-save never leaves a truncated checkpoint."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
-
-
 def _open_dataset(dataset, data_root, split):
     if dataset not in KINDS:
         raise ValueError(f"unknown dataset {dataset!r}; expected one of {sorted(KINDS)}")
@@ -317,7 +323,8 @@ def _open_dataset(dataset, data_root, split):
 def _loader(data, batch_size, generator=None):
     """Shuffled batches (drop last) when a generator is given, else in order (a short split keeps its last batch)."""
     if generator is not None and len(data) < batch_size:
-        raise ValueError(f"the training split has {len(data)} samples, fewer than the batch size {batch_size}")
+        raise InputError(f"the training split has {len(data)} samples, fewer than the batch size {batch_size}; "
+                         f"lower --batch-size")
     return torch.utils.data.DataLoader(data, batch_size=batch_size, shuffle=generator is not None,
                                        drop_last=len(data) >= batch_size, generator=generator)
 
@@ -363,11 +370,14 @@ def train_moclip(dataset="synthetic", data_root=None, out=None, clip_model=None,
 
     if resume:
         if not last_path.is_file():
-            raise FileNotFoundError(f"--resume given but {last_path} does not exist (it is written after each epoch)")
-        state = torch.load(last_path, map_location="cpu", weights_only=True)
+            raise InputError(f"--resume given but {last_path} does not exist (moclip.py writes it after every epoch; "
+                             f"check --out, or train without --resume)")
+        state = load_checkpoint(last_path, "MoCLIP's resumable training state", "moclip.py after every epoch",
+                                fmt="moclip", keys=("config", "model", "optimizer", "hparams", "stage", "epoch",
+                                                    "best_val", "bad_epochs", "history", "rng"))
         hp = {**state["hparams"], **given}                       # e.g. a larger --epochs extends the run
         seed = hp["seed"]
-        model = moclip_from_state(state).to(device)
+        model = moclip_from_state(state, source=last_path).to(device)
         stage, epoch, best_val, bad_epochs, history = (state["stage"], state["epoch"], state["best_val"],
                                                        state["bad_epochs"], state["history"])
         optimizer = _optimizer(model, stage, hp)
@@ -418,7 +428,8 @@ def train_moclip(dataset="synthetic", data_root=None, out=None, clip_model=None,
             losses.append(loss.item())
             bar.set_postfix(loss=f"{losses[-1]:.3f}", tau=f"{1 / model.scale().item():.3f}")
         if not math.isfinite(np.mean(losses)):
-            raise RuntimeError(f"the MoCLIP loss became {np.mean(losses)} in epoch {epoch + 1}; lower --lr")
+            raise InputError(f"the MoCLIP loss became {np.mean(losses)} in epoch {epoch + 1}; lower --lr (the "
+                             f"checkpoints of the earlier epochs are kept)")
         val_loss = _validation_loss(model, val_loader, device, seed)
         epoch += 1
         history.append(dict(epoch=epoch, stage=stage, train_loss=float(np.mean(losses)), val_loss=val_loss,
@@ -463,7 +474,8 @@ def retrieval_eval(model, dataset, repeats=20, batch_size=32, seed=0):
             t2m, m2t = topk_accuracy(sim), topk_accuracy(sim.T)
             scores.append([t2m[1], t2m[2], t2m[3], m2t[1], m2t[2], m2t[3]])
         if not scores:
-            raise ValueError(f"the split has {len(dataset)} samples, fewer than one batch of {batch_size}")
+            raise InputError(f"the split has {len(dataset)} samples, fewer than one batch of {batch_size}; lower "
+                             f"--batch-size")
         runs.append(np.mean(scores, axis=0))
     runs = np.array(runs)                                        # (repeats, 6)
     names = ["t2m_top1", "t2m_top2", "t2m_top3", "m2t_top1", "m2t_top2", "m2t_top3"]
@@ -484,65 +496,76 @@ def format_retrieval(result):
 # CLI
 
 def get_args(argv=None):
+    """The command line, every value checked before any work starts (a bad one exits with the usage line, status 2)."""
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--dataset", default=None, choices=sorted(KINDS),
                    help="training data (default synthetic, generated on first use); for --eval the default is the "
                         "checkpoint's own dataset")
     p.add_argument("--data-root", default=None, help="dataset folder (default: data/HumanML3D, data/KIT-ML, "
                                                      "data/synthetic)")
-    p.add_argument("--out", default=None, help="checkpoint path (default: checkpoints/moclip_<dataset>.pt)")
-    p.add_argument("--clip-model", default=None,
+    p.add_argument("--out", type=file_path, default=None,
+                   help="checkpoint path (default: checkpoints/moclip_<dataset>.pt)")
+    p.add_argument("--clip-model", type=clip_model_name, default=None,
                    help="open_clip text tower: a model name (ViT-B-32, the default for humanml3d/kit) or 'small' "
                         "(the default for synthetic)")
     p.add_argument("--clip-pretrained", default=None,
                    help="open_clip weights tag (openai, the default for real data), a weights file, or 'none' "
                         "for random initialisation (needed offline)")
-    p.add_argument("--epochs", type=int, default=None, help="max epochs, both stages (paper preset 300)")
-    p.add_argument("--stage1-epochs", type=int, default=None, help="stage-1 epochs, text tower frozen (paper 5)")
-    p.add_argument("--batch-size", type=int, default=None, help="contrastive batch, and the retrieval pool of "
-                                                                "--eval (paper 32)")
-    p.add_argument("--lr", type=float, default=None, help="stage-1 AdamW learning rate (paper 1e-4)")
-    p.add_argument("--stage2-lr", type=float, default=None, help="stage-2 learning rate, whole model (paper 1e-5)")
-    p.add_argument("--weight-decay", type=float, default=None, help="AdamW weight decay (1e-4)")
-    p.add_argument("--patience", type=int, default=None, help="early stopping patience in epochs (3)")
-    p.add_argument("--synthetic-motions", type=int, default=None,
+    p.add_argument("--epochs", type=int_range(1), default=None, help="max epochs, both stages (paper preset 300)")
+    p.add_argument("--stage1-epochs", type=int_range(0), default=None,
+                   help="stage-1 epochs, text tower frozen (paper 5)")
+    p.add_argument("--batch-size", type=int_range(2), default=None,
+                   help="contrastive batch, and the retrieval pool of --eval (paper 32)")
+    p.add_argument("--lr", type=float_range(0, low_open=True), default=None,
+                   help="stage-1 AdamW learning rate (paper 1e-4)")
+    p.add_argument("--stage2-lr", type=float_range(0, low_open=True), default=None,
+                   help="stage-2 learning rate, whole model (paper 1e-5)")
+    p.add_argument("--weight-decay", type=float_range(0), default=None, help="AdamW weight decay (1e-4)")
+    p.add_argument("--patience", type=int_range(1), default=None, help="early stopping patience in epochs (3)")
+    p.add_argument("--synthetic-motions", type=int_range(3), default=None,
                    help="--dataset synthetic: (re)generate with this many motions (default: keep an existing "
                         "dataset, else generate 2000)")
     p.add_argument("--keep-stage1", action="store_true", help="also save <out>_stage1.pt at the end of stage 1")
     p.add_argument("--resume", action="store_true", help="continue from <out>_last.pt")
-    p.add_argument("--device", default=None, help="cuda or cpu (default: cuda if available)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", type=device_name, default=None, help="cuda or cpu (default: cuda if available)")
+    p.add_argument("--seed", type=SEED, default=0)
     p.add_argument("--eval", action="store_true", help="retrieval on the test split (Table 5) instead of training")
     p.add_argument("--checkpoint", default=None, help="checkpoint for --eval (default: the --out path)")
-    p.add_argument("--repeats", type=int, default=20, help="--eval: shuffles to average, for the 95%% CI")
-    return p.parse_args(argv)
+    p.add_argument("--repeats", type=int_range(1), default=20, help="--eval: shuffles to average, for the 95%% CI")
+    args = p.parse_args(argv)
+    if args.eval and args.resume:
+        p.error("--eval evaluates a checkpoint and --resume continues training; pass one of them")
+    return args
+
+
+def evaluate_checkpoint(args):
+    """--eval: the Table 5 retrieval of a checkpoint on the test split of its own dataset (or --dataset)."""
+    path = args.checkpoint or args.out or f"checkpoints/moclip_{args.dataset or 'synthetic'}.pt"
+    model = load_moclip(path, args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    dataset = args.dataset or model.dataset
+    if dataset is None:
+        raise InputError(f"{path} does not record the dataset it was trained on; pass --dataset and --data-root")
+    root = args.data_root or (model.data_root if dataset == model.dataset else DATA_ROOTS[dataset])
+    test_set = _open_dataset(dataset, root, "test")
+    if not np.allclose(test_set.mean, model.mean.numpy()) or not np.allclose(test_set.std, model.std.numpy()):
+        raise InputError(f"{root} normalises motions differently from the data {path} was trained on "
+                         f"({model.dataset} at {model.data_root}); evaluate on that data, or pass its --data-root")
+    batch_size = args.batch_size or 32
+    result = retrieval_eval(model, test_set, repeats=args.repeats, batch_size=batch_size, seed=args.seed)
+    print(f"MoCLIP retrieval, {dataset} test split ({len(test_set)} samples), batches of {batch_size}, "
+          f"{args.repeats} repeats, mean ± 95% CI (Table 5 protocol)")
+    print(format_retrieval(result))
 
 
 def main(argv=None):
     args = get_args(argv)
-    try:
+    with user_errors(WeightsUnavailable):          # our messages, not tracebacks; a bug keeps its traceback
         if args.eval:
-            path = args.checkpoint or args.out or f"checkpoints/moclip_{args.dataset or 'synthetic'}.pt"
-            device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
-            model = load_moclip(path, device)
-            state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)   # its dataset and root
-            dataset = args.dataset or state["dataset"]
-            root = args.data_root or (state["data_root"] if dataset == state["dataset"] else DATA_ROOTS[dataset])
-            test_set = _open_dataset(dataset, root, "test")
-            if not np.allclose(test_set.mean, model.mean.numpy()) or not np.allclose(test_set.std, model.std.numpy()):
-                raise ValueError(f"{root} normalises motions differently from the data {path} was trained on")
-            batch_size = args.batch_size or 32
-            result = retrieval_eval(model, test_set, repeats=args.repeats, batch_size=batch_size, seed=args.seed)
-            print(f"MoCLIP retrieval, {dataset} test split ({len(test_set)} samples), batches of {batch_size}, "
-                  f"{args.repeats} repeats, mean ± 95% CI (Table 5 protocol)")
-            print(format_retrieval(result))
-        else:
-            train_moclip(args.dataset or "synthetic", args.data_root, args.out, args.clip_model,
-                         args.clip_pretrained, args.epochs, args.stage1_epochs, args.batch_size, args.lr,
-                         args.stage2_lr, args.weight_decay, args.patience, args.device, args.seed, args.resume,
-                         args.keep_stage1, args.synthetic_motions)
-    except (WeightsUnavailable, ValueError, FileNotFoundError) as error:
-        sys.exit(f"error: {error}")
+            return evaluate_checkpoint(args)
+        return train_moclip(args.dataset or "synthetic", args.data_root, args.out, args.clip_model,
+                            args.clip_pretrained, args.epochs, args.stage1_epochs, args.batch_size, args.lr,
+                            args.stage2_lr, args.weight_decay, args.patience, args.device, args.seed, args.resume,
+                            args.keep_stage1, args.synthetic_motions)
 
 
 if __name__ == "__main__":

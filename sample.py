@@ -22,7 +22,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from data import MAX_MOTION_LENGTH, SKELETONS, features_to_joints, render_animation, render_filmstrip
+from data import (MAX_MOTION_LENGTH, SEED, SKELETONS, InputError, device_name, features_to_joints, float_range,
+                  folder_path, int_range, line_error, load_checkpoint, load_weights, read_text_lines,
+                  render_animation, render_filmstrip, user_errors)
 from diffusion import alphas_cumprod, ddpm_sample, dpm_solver_pp, guided_x0, linear_betas
 from moclip import moclip_from_state
 from unet import UNet
@@ -73,6 +75,9 @@ class LUMASampler:
             x0 = dpm_solver_pp(model_fn, x_T, self.alphas_cumprod, steps=steps, order=2, karras=karras,
                                sde=sampler == "sde-dpmsolver++", generator=generator)
         features = x0 * self.std + self.mean                                      # denormalise
+        if not torch.isfinite(features).all():                 # e.g. a checkpoint whose weights hold NaN
+            raise InputError("the model produced NaN or infinite motion; its checkpoint is damaged (NaN weights), or "
+                             "the guidance is extreme")
         return [f[:n].float().cpu().numpy() for f, n in zip(features, lengths)]
 
     def generate(self, texts, lengths, **kwargs):
@@ -98,35 +103,32 @@ class LUMASampler:
         return written
 
 
+LUMA_WRITER = "train.py (runs/<run>/final.pt)"
+
+
 def load_model(path, device=None):
     """A LUMASampler from a checkpoint written by train.py (final.pt or checkpoint.pt); needs nothing else."""
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"no checkpoint at {path}. train.py writes runs/luma_<dataset>/final.pt; "
-                                f"pass that path with --checkpoint.")
+    state = load_checkpoint(path, "a LUMA checkpoint", LUMA_WRITER, fmt="luma",
+                            keys=("unet_config", "unet", "text_encoder", "mean", "std", "kind"))
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:
-        raise ValueError(f"{path} is not a readable PyTorch checkpoint ({type(error).__name__}: {error})") from None
-    if not isinstance(state, dict) or state.get("format") != "luma":
-        raise ValueError(f"{path} is not a LUMA checkpoint written by train.py (a MoCLIP checkpoint? those are "
-                         f"for --moclip-checkpoint). Pass runs/<run>/final.pt.")
-    unet = UNet(**state["unet_config"])
-    unet.load_state_dict(state["unet"])
-    unet.to(device)
-    text_encoder = moclip_from_state(state["text_encoder"]).to(device)
-    return LUMASampler(unet, text_encoder, state["mean"].numpy(), state["std"].numpy(), state["kind"])
+        unet = UNet(**state["unet_config"])
+    except (TypeError, ValueError) as error:
+        raise InputError(f"{path}: its UNet configuration does not build a model ({error}); the file is damaged or "
+                         f"was written by another version of train.py") from None
+    load_weights(unet, state["unet"], path, "UNet")
+    text_encoder = moclip_from_state(state["text_encoder"], source=path).to(device)
+    return LUMASampler(unet.to(device), text_encoder, state["mean"].numpy(), state["std"].numpy(), state["kind"])
 
 
 def _check_request(texts, lengths):
     if len(texts) == 0 or len(texts) != len(lengths):
-        raise ValueError(f"need one length per text, got {len(texts)} texts and {len(lengths)} lengths")
+        raise InputError(f"need one length per text, got {len(texts)} texts and {len(lengths)} lengths")
     for text, n in zip(texts, lengths):
-        if not text or not text.strip():
-            raise ValueError("empty text: describe the motion, e.g. --text \"a person jumps\"")
+        if not isinstance(text, str) or not text.strip():
+            raise InputError("empty text: describe the motion, e.g. --text \"a person jumps\"")
         if not 1 <= n <= MAX_MOTION_LENGTH:
-            raise ValueError(f"length {n} frames for {text!r} is outside 1..{MAX_MOTION_LENGTH}: the model was "
+            raise InputError(f"length {n} frames for {text!r} is outside 1..{MAX_MOTION_LENGTH}: the model was "
                              f"trained on windows of at most {MAX_MOTION_LENGTH} frames (9.8 s at 20 fps)")
 
 
@@ -134,62 +136,80 @@ def _slug(text, width=40):
     return re.sub(r"[^a-z0-9]+", "_", text.lower()).strip("_")[:width] or "sample"
 
 
+PROMPT_FORMAT = f"one prompt per line, `text` or `text#frames` with frames an integer in 1..{MAX_MOTION_LENGTH}"
+
+
 def read_prompts(path):
-    """Lines `text#frames` (frames optional) -> (texts, lengths or None per line)."""
+    """Lines `text#frames` (frames optional) -> (texts, lengths or None per line); a bad line is an InputError."""
     texts, lengths = [], []
-    for number, line in enumerate(Path(path).read_text().splitlines(), 1):
-        if not line.strip():
-            continue
+    for number, line in read_text_lines(path, "prompt file", PROMPT_FORMAT):
         text, _, frames = line.partition("#")
-        if frames.strip() and not frames.strip().isdigit():
-            raise ValueError(f"{path}:{number}: expected `text#frames` with an integer frame count, got {line!r}")
+        frames = frames.strip()
+        if not text.strip():
+            raise line_error(path, number, line, "no text before the '#'", PROMPT_FORMAT)
+        if frames and not (frames.isdigit() and 1 <= int(frames) <= MAX_MOTION_LENGTH):
+            raise line_error(path, number, line, f"the frame count {frames!r} is not an integer in "
+                             f"1..{MAX_MOTION_LENGTH}", PROMPT_FORMAT)
         texts.append(text.strip())
-        lengths.append(int(frames) if frames.strip() else None)
+        lengths.append(int(frames) if frames else None)
     if not texts:
-        raise ValueError(f"{path} holds no prompts; write one `text#frames` per line")
+        raise InputError(f"prompt file {path} holds no prompts; expected {PROMPT_FORMAT}")
     return texts, lengths
 
 
-def main(argv=None):
+def get_args(argv=None):
+    """The command line, every value checked before any work starts (a bad one exits with the usage line, status 2)."""
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--checkpoint", required=True, help="final.pt written by train.py")
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--text", help="one description, e.g. \"a person jumps\"")
     src.add_argument("--text-file", help="one `text#frames` per line")
-    p.add_argument("--seconds", type=float, default=None, help="duration for --text (or lines without #frames); default 6 s")
-    p.add_argument("--num-samples", type=int, default=1, help="samples per text, each with its own seed")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--guidance", type=float, default=2.5, help="classifier-free guidance scale omega (Eq. 3; paper 2.5)")
-    p.add_argument("--steps", type=int, default=10, help="sampler steps (paper 10)")
+    p.add_argument("--seconds", type=float_range(0, low_open=True), default=None,
+                   help="duration for --text (or lines without #frames); default 6 s, at most 196 frames (9.8 s)")
+    p.add_argument("--num-samples", type=int_range(1, 1000), default=1,
+                   help="samples per text, each with its own seed")
+    p.add_argument("--seed", type=SEED, default=0)
+    p.add_argument("--guidance", type=float_range(0), default=2.5,
+                   help="classifier-free guidance scale omega >= 0 (Eq. 3; paper 2.5)")
+    p.add_argument("--steps", type=int_range(1, 999), default=10, help="sampler steps, 1..999 (paper 10)")
     p.add_argument("--sampler", default="sde-dpmsolver++", choices=SAMPLERS,
                    help="DPM-Solver++ 2M stochastic (the backbone's) or deterministic; ddpm = 1000-step reference")
     p.add_argument("--no-karras", action="store_true", help="uniform instead of Karras time steps")
     p.add_argument("--precision", default="fp32", choices=list(PRECISIONS),
                    help="bf16 / fp16: autocast the networks on a CUDA GPU (faster; the solver state stays fp32)")
-    p.add_argument("--out", default="samples", help="output folder")
-    p.add_argument("--device", default=None)
+    p.add_argument("--out", type=folder_path, default="samples", help="output folder")
+    p.add_argument("--device", type=device_name, default=None, help="cuda or cpu (default: cuda if available)")
     args = p.parse_args(argv)
+    if args.text is not None and not args.text.strip():
+        p.error("--text is empty: describe the motion, e.g. --text \"a person jumps\"")
+    args.device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    if args.precision != "fp32" and not args.device.startswith("cuda"):
+        p.error(f"--precision {args.precision} autocasts on a CUDA GPU; on a CPU use --precision fp32")
+    return args
 
-    try:
+
+def main(argv=None):
+    args = get_args(argv)                          # usage errors: the usage line and exit status 2, before any work
+    with user_errors():                            # expected errors: one paragraph, exit status 1; bugs: a traceback
         model = load_model(args.checkpoint, args.device)
-    except (FileNotFoundError, ValueError) as error:
-        p.error(str(error))
-    fps = SKELETONS[model.kind].fps
-    default_frames = round((args.seconds or 6.0) * fps)
-    if args.text is not None:
-        texts, lengths = [args.text], [default_frames]
-    else:
-        texts, lengths = read_prompts(args.text_file)
-        lengths = [n if n is not None else default_frames for n in lengths]
-    try:
+        fps = SKELETONS[model.kind].fps
+        seconds = 6.0 if args.seconds is None else args.seconds
+        default_frames = round(seconds * fps)
+        if args.seconds is not None and not 1 <= default_frames <= MAX_MOTION_LENGTH:   # the frame rate is the model's
+            raise InputError(f"--seconds {args.seconds:g} is {default_frames} frames at {fps:g} fps; the model "
+                             f"generates 1..{MAX_MOTION_LENGTH} frames ({MAX_MOTION_LENGTH / fps:.1f} s at most)")
+        if args.text is not None:
+            texts, lengths = [args.text], [default_frames]
+        else:
+            texts, lengths = read_prompts(args.text_file)
+            lengths = [n if n is not None else default_frames for n in lengths]
         _check_request(texts, lengths)
-    except ValueError as error:
-        p.error(str(error))
-    written = model.write(texts, lengths, args.out, num_samples=args.num_samples, seed=args.seed,
-                          guidance=args.guidance, steps=args.steps, sampler=args.sampler, karras=not args.no_karras,
-                          precision=args.precision)
-    for name in written:
-        print(f"wrote {name}.npy (features), {name.name}_joints.npy, {name.name}.gif, {name.name}.png")
+        written = model.write(texts, lengths, args.out, num_samples=args.num_samples, seed=args.seed,
+                              guidance=args.guidance, steps=args.steps, sampler=args.sampler,
+                              karras=not args.no_karras, precision=args.precision)
+        for name in written:
+            print(f"wrote {name}.npy (features), {name.name}_joints.npy, {name.name}.gif, {name.name}.png")
+        return written
 
 
 if __name__ == "__main__":

@@ -38,7 +38,8 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from data import SKELETONS, features_to_joints, joints_to_features, mean_std, mirror_caption, mirror_joints
+from data import (SEED, SKELETONS, features_to_joints, folder_path, int_range, joints_to_features, mean_std,
+                  mirror_caption, mirror_joints, user_errors)
 
 VERSION = 1                       # bump when the generator changes, so ensure_dataset regenerates old folders
 SKEL = SKELETONS["t2m"]
@@ -1130,13 +1131,15 @@ def main(argv=None):
         description="Write the built-in synthetic text-to-motion dataset in the HumanML3D layout "
                     "(new_joint_vecs/, new_joints/, texts/, Mean.npy, Std.npy, split files). Each motion also "
                     "gets a left/right mirrored copy M<id>, so the folder holds 2 x --num-motions clips.")
-    parser.add_argument("--out", default="data/synthetic", help="output folder (default: data/synthetic)")
-    parser.add_argument("--num-motions", type=int, default=2000,
-                        help="number of motions before mirroring (default: 2000)")
-    parser.add_argument("--seed", type=int, default=0, help="random seed; the same seed writes the same bytes")
+    parser.add_argument("--out", type=folder_path, default="data/synthetic",
+                        help="output folder (default: data/synthetic)")
+    parser.add_argument("--num-motions", type=int_range(3), default=2000,
+                        help="number of motions before mirroring, >= 3 (default: 2000)")
+    parser.add_argument("--seed", type=SEED, default=0, help="random seed; the same seed writes the same bytes")
     args = parser.parse_args(argv)
     start = time.time()
-    out = generate_dataset(args.out, num_motions=args.num_motions, seed=args.seed)
+    with user_errors():
+        out = generate_dataset(args.out, num_motions=args.num_motions, seed=args.seed)
     seconds = time.time() - start
     splits = {s: len((out / f"{s}.txt").read_text().split()) for s in ("train", "val", "test")}
     captions = sum(len(p.read_text().splitlines()) for p in (out / "texts").glob("*.txt"))

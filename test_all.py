@@ -405,15 +405,15 @@ def _load_with_warnings(*args, **kwargs):
 
 
 def test_reference_text_file_parses():
-    lines = [data._parse_text_line(line) for line in REF_TEXT.splitlines()]
+    lines = [data.parse_text_line(line) for line in REF_TEXT.splitlines()]
     assert len(lines) == 4 and all(line is not None for line in lines)
     caption, tokens, start, end = lines[0]
     assert caption == "a man kicks something or someone with his left leg."
     assert tokens[:3] == ["a/DET", "man/NOUN", "kick/VERB"] and tokens[-1] == "leg/NOUN"
     assert (start, end) == (0.0, 0.0)
-    assert data._parse_text_line("a b#a/DET#nan#NaN")[2:] == (0.0, 0.0)        # NaN tags read as 0
-    assert data._parse_text_line("no tags at all") is None
-    assert data._parse_text_line("x#y#1.0") is None
+    assert data.parse_text_line("a b#a/DET#nan#NaN")[2:] == (0.0, 0.0)        # NaN tags read as 0
+    assert data.parse_text_line("no tags at all") is None
+    assert data.parse_text_line("x#y#1.0") is None
 
 
 def test_dataset_samples_subclips_and_reports_bad_input(dataset_root):
@@ -493,7 +493,7 @@ def test_dataset_eval_mode_crop_tokens_and_stats(dataset_root):
         words = caption.rstrip(".").split()
         assert tokens[len(words) + 1] == "eos/OTHER" and set(tokens[len(words) + 2:]) <= {"unk/OTHER"}
     assert lengths == {196, 192}
-    assert data._evaluator_tokens(["w/NOUN"] * 25) == ["sos/OTHER"] + ["w/NOUN"] * 20 + ["eos/OTHER"]
+    assert data.evaluator_tokens(["w/NOUN"] * 25) == ["sos/OTHER"] + ["w/NOUN"] * 20 + ["eos/OTHER"]
     # without evaluator stats, eval mode falls back to the training normalisation
     ds2, _ = _load_with_warnings(root, split="train", mode="eval")
     np.testing.assert_array_equal(ds2.eval_std, ds2.std)
@@ -1002,7 +1002,7 @@ def test_moclip_checkpoint_round_trip(tmp_path):
         model.logit_scale.fill_(2.5)
         model.text.text_projection.mul_(1.7)
     path = tmp_path / "moclip.pt"
-    moclip.save_checkpoint({"format": "moclip", **moclip_state(model), "mean": torch.zeros(12), "std": torch.ones(12)}, path)
+    data.save_checkpoint({"format": "moclip", **moclip_state(model), "mean": torch.zeros(12), "std": torch.ones(12)}, path)
     loaded = load_moclip(path)
     assert not loaded.training and not any(p.requires_grad for p in loaded.parameters())
     assert loaded.config == model.config and loaded.mean.shape == (12,)
@@ -2047,7 +2047,7 @@ def test_sample_rejects_bad_requests(tiny, tmp_path):
         model.generate(["a person jumps"], [300])
     with pytest.raises(ValueError, match="empty text"):
         model.generate(["  "], [40])
-    with pytest.raises(FileNotFoundError, match="no checkpoint"):
+    with pytest.raises(data.InputError, match="missing.pt does not exist; expected a LUMA checkpoint"):
         sample.load_model(tmp_path / "missing.pt")
     with pytest.raises(ValueError, match="not a LUMA checkpoint"):
         sample.load_model(tiny[1])                                  # a MoCLIP checkpoint
@@ -2208,7 +2208,7 @@ def test_evaluator_strict_round_trip(tmp_path):
     for name in ("movement_encoder", "motion_encoder", "text_encoder"):
         for k, v in getattr(model, name).state_dict().items():
             assert torch.equal(v, getattr(loaded, name).state_dict()[k])
-    with pytest.raises(ValueError, match="does not match"):
+    with pytest.raises(data.InputError, match=r"movement_encoder \(evaluator for dim_pose=251: .*\) weights do not fit"):
         load_evaluator(path, 251)                              # a HumanML3D file is not a KIT evaluator
     with pytest.raises(FileNotFoundError, match="--evaluator-dir"):
         load_evaluator(tmp_path / "nowhere", 263)
@@ -2259,14 +2259,14 @@ def test_restricted_unpickler_refuses_code_and_accepts_plain_data(tmp_path, monk
     monkeypatch.setenv("PWNED_MARK", str(mark))
     bad = tmp_path / "bad.pkl"
     bad.write_bytes(pickle.dumps([_Pwned()]))
-    with pytest.raises(pickle.UnpicklingError, match="refusing"):
+    with pytest.raises(data.InputError, match="bad.pkl is not a plain word-vector pickle.*refusing"):
         restricted_load(bad)
     assert not mark.exists()
     for protocol in range(pickle.HIGHEST_PROTOCOL + 1):
         good = tmp_path / f"good{protocol}.pkl"
-        data = {"words": ["sos", "walk"], "idx": {"sos": 0, "walk": 1}, "n": 2}
-        good.write_bytes(pickle.dumps(data, protocol=protocol))
-        assert restricted_load(good) == data
+        plain = {"words": ["sos", "walk"], "idx": {"sos": 0, "walk": 1}, "n": 2}
+        good.write_bytes(pickle.dumps(plain, protocol=protocol))
+        assert restricted_load(good) == plain
     assert issubclass(RestrictedUnpickler, pickle.Unpickler)
 
 
@@ -2309,7 +2309,7 @@ def test_word_vectorizer_missing_and_malicious_files(tmp_path):
         WordVectorizer(tmp_path)
     _write_vocab(tmp_path, ["sos", "eos", "unk"])
     (tmp_path / "our_vab_words.pkl").write_bytes(pickle.dumps(_Pwned()))
-    with pytest.raises(pickle.UnpicklingError):
+    with pytest.raises(data.InputError, match="our_vab_words.pkl is not a plain word-vector pickle"):
         WordVectorizer(tmp_path)
 
 
@@ -2332,7 +2332,7 @@ def test_eval_meta_layouts_and_bridge(tmp_path):
 
 
 def test_moclip_command_reports_missing_files(tmp_path):
-    with pytest.raises(SystemExit, match="error: no MoCLIP checkpoint"):
+    with pytest.raises(SystemExit, match="error: checkpoint .*x.pt does not exist; expected a MoCLIP checkpoint"):
         evaluate.main(["moclip", "--checkpoint", str(tmp_path / "x.pt"), "--dataset", "synthetic"])
 
 
@@ -2583,9 +2583,10 @@ def test_moclip_command_scores_the_protocol_batches(tiny, tmp_path, capsys):
         assert saved[rows[0]][k]["values"][0] == pytest.approx(real[k][0], abs=1e-12)
 
 
-def test_t2m_cli_needs_checkpoint_or_real_only(tmp_path):
-    with pytest.raises(SystemExit, match="--real-only"):
+def test_t2m_cli_needs_checkpoint_or_real_only(tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit:
         evaluate.main(["t2m", "--dataset", "synthetic", "--out", str(tmp_path)])
+    assert exit.value.code == 2 and "--real-only" in capsys.readouterr().err       # a usage error
 
 
 def test_luma_generator_returns_eval_normalised_padded_batch(tiny, tmp_path):
@@ -2598,3 +2599,250 @@ def test_luma_generator_returns_eval_normalised_padded_batch(tiny, tmp_path):
     from sample import load_model
     raw = load_model(final, "cpu").generate_features(["a person walks forward."], [40], steps=2, seed=0)[0]
     np.testing.assert_allclose(out[0, :40].numpy(), (raw - 0.5) / 2.0, rtol=1e-4, atol=1e-4)   # B.7 bridge (batch 2 vs 1)
+
+
+# =====================================================================================================================
+# Bad input, every script: one message and an exit status, never a traceback (data.py chapter 8)
+# =====================================================================================================================
+# Each case runs a script's main(argv) in-process, as its command line would: a usage error exits with status 2
+# (argparse's usage line and one sentence on stderr), an expected runtime error with status 1 and "error: ..." (the
+# message names the file and what was expected). Any other exception would escape main and fail the test with its
+# traceback, which is exactly what no case may do.
+
+@pytest.fixture(scope="module")
+def bad(tiny, tmp_path_factory):
+    """A one-step LUMA run on the tiny data, and the files a careless user passes to the scripts."""
+    root = tmp_path_factory.mktemp("bad_input")
+    run = root / "run"
+    _train(tiny, run, 1)
+    files = {"run": run, "final": run / "final.pt", "checkpoint": run / "checkpoint.pt", "data": tiny[0],
+             "moclip": tiny[1], "mark": root / "PWNED", "out": root / "out"}
+
+    class Payload:                                   # unpickling it would run a shell command
+        def __reduce__(self):
+            return (os.system, (f"touch {files['mark']}",))
+
+    write = lambda name, text: (root / name).write_text(text) and root / name
+    files.update(abc=write("abc.txt", "a person jumps#abc\n"), neg=write("neg.txt", "a person jumps#-5\n"),
+                 extra=write("extra.txt", "a person jumps#30#extra\n"), long=write("long.txt", "a person jumps#500\n"),
+                 notext=write("notext.txt", "#40\n"), blank=write("blank.txt", "\n   \n"),
+                 afile=write("afile.txt", "a file, not a folder\n"), text_ckpt=write("text.pt", "hello\n"))
+    files["binary"] = root / "binary.txt"
+    files["binary"].write_bytes(bytes(range(256)))
+    files["folder"] = root / "folder"
+    files["folder"].mkdir()
+    state = files["final"].read_bytes()
+    files["truncated"] = root / "truncated.pt"
+    files["truncated"].write_bytes(state[: len(state) // 3])
+    files["npy_ckpt"] = root / "array.pt"
+    with open(files["npy_ckpt"], "wb") as f:
+        np.save(f, np.zeros(3))
+    files["payload"] = root / "payload.pt"
+    torch.save({"format": "luma", "unet": Payload()}, files["payload"])
+    final = torch.load(files["final"], weights_only=True)
+    files["no_config"] = root / "no_config.pt"
+    torch.save({k: v for k, v in final.items() if k != "unet_config"}, files["no_config"])
+    files["bad_shapes"] = root / "bad_shapes.pt"
+    torch.save({**final, "unet": {k: v[:1] for k, v in final["unet"].items()}}, files["bad_shapes"])
+    for key in ("model", "optimizer"):                # run folders whose checkpoint.pt lacks a key
+        folder = root / f"run_without_{key}"
+        folder.mkdir()
+        torch.save({k: v for k, v in torch.load(files["checkpoint"], weights_only=True).items() if k != key},
+                   folder / "checkpoint.pt")
+        files[f"run_without_{key}"] = folder
+    files["pickled_mean"] = root / "pickled_mean"                  # a dataset whose Mean.npy is a pickle payload
+    shutil.copytree(tiny[0], files["pickled_mean"])
+    np.save(files["pickled_mean"] / "Mean.npy", np.array([Payload()], dtype=object), allow_pickle=True)
+    return files
+
+
+def _cli(main, argv, capsys):
+    """(exit status, what it printed on stderr) of a script's main(argv), run as its command line runs it."""
+    try:
+        main(argv)
+        status, message = 0, ""
+    except SystemExit as exit:
+        status, message = (1, exit.code) if isinstance(exit.code, str) else (exit.code, "")
+    return status, message + capsys.readouterr().err
+
+
+SAMPLE = ["--checkpoint", "{final}", "--text", "a person jumps", "--steps", "2", "--device", "cpu", "--out", "{out}"]
+TRAIN = ["--dataset", "synthetic", "--data-root", "{data}", "--moclip-checkpoint", "{moclip}", "--batch-size", "4",
+         "--steps", "2", "--sample-every", "0", "--device", "cpu"]
+MOCLIP = ["--dataset", "synthetic", "--data-root", "{data}", "--epochs", "1", "--batch-size", "8", "--device", "cpu"]
+EVAL_T2M = ["t2m", "--dataset", "synthetic", "--data-root", "{data}", "--out", "{out}"]
+GPU = "cuda" if not torch.cuda.is_available() else "cuda:99"     # a device this machine does not have
+
+BAD_INPUT = [   # (script, argv, exit status, a phrase of the message)
+    # flags: ranges, finite numbers, devices, output paths, flags against each other (usage errors, status 2)
+    ("sample", SAMPLE + ["--seconds", "nan"], 2, "--seconds: expected a finite number > 0, got nan"),
+    ("sample", SAMPLE + ["--seconds", "inf"], 2, "--seconds: expected a finite number > 0"),
+    ("sample", SAMPLE + ["--seconds", "0"], 2, "--seconds: expected a finite number > 0, got 0"),
+    ("sample", SAMPLE + ["--seconds", "20"], 1, "--seconds 20 is 400 frames at 20 fps; the model generates 1..196"),
+    ("sample", SAMPLE + ["--num-samples", "0"], 2, "--num-samples: expected an integer in 1..1000, got 0"),
+    ("sample", SAMPLE + ["--num-samples", "-2"], 2, "--num-samples: expected an integer in 1..1000, got -2"),
+    ("sample", SAMPLE + ["--steps", "0"], 2, "--steps: expected an integer in 1..999, got 0"),
+    ("sample", SAMPLE + ["--steps", "1000"], 2, "--steps: expected an integer in 1..999, got 1000"),
+    ("sample", SAMPLE + ["--guidance", "nan"], 2, "--guidance: expected a finite number >= 0, got nan"),
+    ("sample", SAMPLE + ["--seed", "-1"], 2, "--seed: expected an integer in 0..4294967295"),
+    ("sample", SAMPLE + ["--device", GPU], 2, "--device: 'cuda"),
+    ("sample", SAMPLE + ["--device", "toaster"], 2, "unknown device 'toaster'"),
+    ("sample", SAMPLE + ["--out", "{afile}"], 2, "afile.txt is a file, not a folder"),
+    ("sample", SAMPLE + ["--precision", "bf16"], 2, "--precision bf16 autocasts on a CUDA GPU; on a CPU use"),
+    ("sample", ["--checkpoint", "{final}", "--text", "  "], 2, "--text is empty"),
+    ("train", TRAIN + ["--batch-size", "0"], 2, "--batch-size: expected an integer >= 1, got 0"),
+    ("train", TRAIN + ["--batch-size", "-1"], 2, "--batch-size: expected an integer >= 1, got -1"),
+    ("train", TRAIN + ["--save-every", "0"], 2, "--save-every: expected an integer >= 1, got 0"),
+    ("train", TRAIN + ["--log-every", "0"], 2, "--log-every: expected an integer >= 1"),
+    ("train", TRAIN + ["--steps", "0"], 2, "--steps: expected an integer >= 1, got 0"),
+    ("train", TRAIN + ["--steps", "-1"], 2, "--steps: expected an integer >= 1, got -1"),
+    ("train", TRAIN + ["--lr", "nan"], 2, "--lr: expected a finite number > 0, got nan"),
+    ("train", TRAIN + ["--cond-drop", "1.5"], 2, "--cond-drop: expected a finite number >= 0 and <= 1"),
+    ("train", TRAIN + ["--ema-decay", "-0.1"], 2, "--ema-decay: expected a finite number >= 0 and <= 1"),
+    ("train", TRAIN + ["--dct-k", "500"], 2, "--dct-k: expected an integer in 1..196, got 500"),
+    ("train", TRAIN + ["--lambda-tem", "inf"], 2, "--lambda-tem: expected a finite number >= 0"),
+    ("train", TRAIN + ["--precision", "bf16"], 2, "--precision bf16 is a CUDA setting"),
+    ("train", TRAIN + ["--precision", "tf32"], 2, "--precision tf32 is a CUDA setting"),
+    ("train", TRAIN + ["--device", GPU], 2, "--device: 'cuda"),
+    ("train", TRAIN + ["--out-dir", "{afile}"], 2, "afile.txt is a file, not a folder"),
+    ("train", TRAIN + ["--resume", "--overwrite", "--out-dir", "{run}"], 2, "pass one of them"),
+    ("moclip", MOCLIP + ["--epochs", "0"], 2, "--epochs: expected an integer >= 1, got 0"),
+    ("moclip", MOCLIP + ["--batch-size", "1"], 2, "--batch-size: expected an integer >= 2, got 1"),
+    ("moclip", MOCLIP + ["--lr", "-1"], 2, "--lr: expected a finite number > 0"),
+    ("moclip", MOCLIP + ["--patience", "0"], 2, "--patience: expected an integer >= 1"),
+    ("moclip", MOCLIP + ["--out", "{folder}"], 2, "is a folder; pass a file path"),
+    ("moclip", MOCLIP + ["--clip-model", "ViT-Nope"], 2, "unknown --clip-model 'ViT-Nope'"),
+    ("moclip", ["--eval", "--checkpoint", "{moclip}", "--repeats", "0"], 2, "--repeats: expected an integer >= 1"),
+    ("evaluate", EVAL_T2M + ["--real-only", "--replications", "0"], 2, "--replications: expected an integer >= 1"),
+    ("evaluate", EVAL_T2M + ["--checkpoint", "{final}", "--guidance", "nan"], 2, "--guidance: expected a finite"),
+    ("evaluate", EVAL_T2M + ["--checkpoint", "{final}", "--steps", "0"], 2, "--steps: expected an integer in 1..999"),
+    ("evaluate", EVAL_T2M + ["--checkpoint", "{final}", "--mm-captions", "-1"], 2, "--mm-captions: expected an integer >= 0"),
+    ("evaluate", EVAL_T2M + ["--checkpoint", "{final}", "--mm-times", "40"], 2, "--mm-times (40) is more than --mm-repeats (30)"),
+    ("evaluate", EVAL_T2M, 2, "pass --checkpoint CKPT"),
+    ("evaluate", ["gradflow", "--runs", "{run}", "--timesteps", "1000"], 2, "--timesteps: expected an integer in 0..999"),
+    ("evaluate", ["spectrum", "--k", "0"], 2, "--k: expected an integer in 1..196, got 0"),
+    ("evaluate", ["train-evaluator", "--epochs", "0"], 2, "--epochs: expected an integer >= 1"),
+    # user files: prompt files (status 1, the file and the line named, the expected format said)
+    ("sample", SAMPLE[:2] + ["--text-file", "{abc}"] + SAMPLE[4:], 1, "abc.txt:1: the frame count 'abc' is not an integer in 1..196"),
+    ("sample", SAMPLE[:2] + ["--text-file", "{neg}"] + SAMPLE[4:], 1, "neg.txt:1: the frame count '-5' is not"),
+    ("sample", SAMPLE[:2] + ["--text-file", "{extra}"] + SAMPLE[4:], 1, "extra.txt:1: the frame count '30#extra'"),
+    ("sample", SAMPLE[:2] + ["--text-file", "{long}"] + SAMPLE[4:], 1, "long.txt:1: the frame count '500'"),
+    ("sample", SAMPLE[:2] + ["--text-file", "{notext}"] + SAMPLE[4:], 1, "notext.txt:1: no text before the '#'"),
+    ("sample", SAMPLE[:2] + ["--text-file", "{blank}"] + SAMPLE[4:], 1, "blank.txt holds no prompts; expected one prompt per line"),
+    ("sample", SAMPLE[:2] + ["--text-file", "{folder}"] + SAMPLE[4:], 1, "prompt file {folder} is a folder, not a file"),
+    ("sample", SAMPLE[:2] + ["--text-file", "{binary}"] + SAMPLE[4:], 1, "binary.txt is not UTF-8 text"),
+    ("sample", SAMPLE[:2] + ["--text-file", "{out}/none.txt"] + SAMPLE[4:], 1, "none.txt does not exist; expected one prompt"),
+    # checkpoints: missing, a folder, truncated, foreign, code-carrying, incomplete, damaged (status 1)
+    ("sample", ["--checkpoint", "{out}/none.pt", "--text", "x"], 1, "none.pt does not exist; expected a LUMA checkpoint, written by train.py"),
+    ("sample", ["--checkpoint", "{folder}", "--text", "x"], 1, "is a folder, not a file; expected a LUMA checkpoint"),
+    ("sample", ["--checkpoint", "{truncated}", "--text", "x"], 1, "truncated.pt is not a readable PyTorch checkpoint: truncated"),
+    ("sample", ["--checkpoint", "{text_ckpt}", "--text", "x"], 1, "text.pt is not a readable PyTorch checkpoint"),
+    ("sample", ["--checkpoint", "{npy_ckpt}", "--text", "x"], 1, "array.pt is not a PyTorch checkpoint (torch: "),
+    ("sample", ["--checkpoint", "{payload}", "--text", "x"], 1, "payload.pt holds Python objects that are never loaded here"),
+    ("sample", ["--checkpoint", "{moclip}", "--text", "x"], 1, "is a MoCLIP checkpoint (moclip.py), not a LUMA checkpoint"),
+    ("sample", ["--checkpoint", "{no_config}", "--text", "x"], 1, "no_config.pt lacks 'unet_config' that a LUMA checkpoint holds"),
+    ("sample", ["--checkpoint", "{bad_shapes}", "--text", "x"], 1, "bad_shapes.pt: the UNet weights do not fit"),
+    ("train", TRAIN[:4] + ["--moclip-checkpoint", "{out}/none.pt"] + TRAIN[6:] + ["--out-dir", "{out}/t1"], 1, "none.pt does not exist; expected a MoCLIP checkpoint"),
+    ("train", TRAIN[:4] + ["--moclip-checkpoint", "{final}"] + TRAIN[6:] + ["--out-dir", "{out}/t2"], 1, "is a LUMA inference checkpoint (train.py's final.pt), not a MoCLIP checkpoint"),
+    ("train", TRAIN[:4] + ["--moclip-checkpoint", "{payload}"] + TRAIN[6:] + ["--out-dir", "{out}/t3"], 1, "holds Python objects that are never loaded here"),
+    ("train", TRAIN + ["--resume", "--out-dir", "{run_without_model}"], 1, "checkpoint.pt lacks 'model' that a resumable LUMA training checkpoint holds"),
+    ("train", TRAIN + ["--resume", "--out-dir", "{run_without_optimizer}"], 1, "lacks 'optimizer'"),
+    ("moclip", ["--eval", "--checkpoint", "{final}"], 1, "is a LUMA inference checkpoint (train.py's final.pt), not a MoCLIP checkpoint"),
+    ("moclip", ["--eval", "--checkpoint", "{truncated}"], 1, "is not a readable PyTorch checkpoint"),
+    ("evaluate", ["gradflow", "--runs", "{final}"], 1, "final.pt lacks 'model' that a LUMA training checkpoint with its anchor heads (final.pt has none) holds; it looks like a LUMA inference checkpoint"),
+    ("evaluate", ["gradflow", "--runs", "{payload}"], 1, "holds Python objects that are never loaded here"),
+    ("evaluate", ["moclip", "--checkpoint", "{final}", "--dataset", "synthetic"], 1, "not a MoCLIP checkpoint"),
+    # runs and data: never overwrite a run, resume only what fits, data files that are not what they claim (status 1)
+    ("train", TRAIN + ["--out-dir", "{run}"], 1, "already holds a training run (checkpoint.pt, final.pt, log.csv); pass --resume to continue it, --overwrite"),
+    ("train", TRAIN + ["--out-dir", "{out}/fresh", "--resume"], 1, "--resume given but"),
+    ("train", TRAIN + ["--out-dir", "{run}", "--resume", "--dct-k", "8"], 1, "was trained with other flags: --dct-k 64 (now 8)"),
+    ("train", TRAIN + ["--out-dir", "{run}", "--resume", "--preset", "paper"], 1, "--unet 'small' (now 'paper')"),
+    ("train", TRAIN + ["--data-root", "{pickled_mean}", "--out-dir", "{out}/t4"], 1, "Mean.npy holds pickled Python objects, which are never loaded"),
+    ("train", TRAIN + ["--batch-size", "1000", "--out-dir", "{out}/t5"], 1, "fewer than --batch-size 1000; lower --batch-size"),
+    ("train", ["--dataset", "humanml3d", "--data-root", "{out}/nowhere", "--out-dir", "{out}/t6"], 1, "dataset root not found"),
+    ("evaluate", ["spectrum", "--dataset", "synthetic", "--data-root", "{pickled_mean}", "--out", "{out}/s"], 1, "holds pickled Python objects"),
+]
+
+
+@pytest.mark.parametrize("script,argv,status,phrase", BAD_INPUT, ids=[f"{c[0]} {' '.join(c[1][-3:])}"[:70]
+                                                                        for c in BAD_INPUT])
+def test_every_bad_input_gets_a_message_and_an_exit_status(bad, capsys, script, argv, status, phrase):
+    main = {"sample": sample.main, "train": train.main, "moclip": moclip.main, "evaluate": evaluate.main}[script]
+    fill = lambda text: text.format(**{k: str(v) for k, v in bad.items()})
+    got_status, message = _cli(main, [fill(a) for a in argv], capsys)
+    assert (got_status, fill(phrase) in message) == (status, True), message
+    assert not bad["mark"].exists()                              # no pickle payload ever ran
+
+
+def test_a_bad_input_on_the_command_line_prints_no_traceback(bad):
+    # the same answers through the real command line: usage error 2, runtime error 1, no traceback in either
+    for argv, status in ((["sample.py", "--checkpoint", str(bad["final"]), "--text", "x", "--seconds", "nan"], 2),
+                         (["sample.py", "--checkpoint", str(bad["payload"]), "--text", "x"], 1)):
+        done = subprocess.run([sys.executable, *argv], capture_output=True, text=True, cwd=REPO)
+        assert done.returncode == status and "Traceback" not in done.stderr, done.stderr
+        assert done.stderr.strip().splitlines()[-1].startswith(("sample.py: error:", "error:"))
+    assert not bad["mark"].exists()
+
+
+def test_an_internal_error_keeps_its_traceback(tiny, tmp_path, monkeypatch):
+    # only expected user errors are turned into messages: a bug still raises, with its traceback
+    def broken(*args, **kwargs):
+        raise RuntimeError("a bug, not a user error")
+    monkeypatch.setattr(train, "train_step", broken)
+    with pytest.raises(RuntimeError, match="a bug"):
+        _train(tiny, tmp_path / "run", 2)
+
+
+def test_a_finished_run_is_never_overwritten_without_resume_or_overwrite(tiny, tmp_path, capsys):
+    run = tmp_path / "run"
+    _train(tiny, run, 2)
+    log, checkpoint = (run / "log.csv").read_bytes(), (run / "checkpoint.pt").read_bytes()
+    status, message = _cli(train.main, _train_flags(tiny, run, 3), capsys)
+    assert status == 1 and "--resume" in message and "--overwrite" in message
+    assert (run / "log.csv").read_bytes() == log and (run / "checkpoint.pt").read_bytes() == checkpoint
+    (run / "samples").mkdir()
+    _train(tiny, run, 1, "--overwrite")                          # explicitly asked: the old run is replaced
+    assert [r["step"] for r in csv.DictReader(open(run / "log.csv"))] == ["1"]
+    assert torch.load(run / "checkpoint.pt", weights_only=True)["step"] == 1 and not (run / "samples").exists()
+
+
+def test_resume_after_a_crash_logs_one_uninterrupted_run(tiny, tmp_path, monkeypatch):
+    # saved every 3 steps and killed during step 5: rows 4 (after the last checkpoint) must not appear twice
+    run = tmp_path / "run"
+    real_step = train.train_step
+
+    def crash_at_step_5(*args, **kwargs):
+        if args[9] == 4:                                          # `step` is 0-based
+            raise KeyboardInterrupt("killed")
+        return real_step(*args, **kwargs)
+    monkeypatch.setattr(train, "train_step", crash_at_step_5)
+    with pytest.raises(KeyboardInterrupt):
+        _train(tiny, run, 6)
+    assert [r["step"] for r in csv.DictReader(open(run / "log.csv"))] == ["1", "2", "3", "4"]
+    monkeypatch.setattr(train, "train_step", real_step)
+    _train(tiny, run, 6, "--resume")
+    rows = list(csv.DictReader(open(run / "log.csv")))
+    assert [r["step"] for r in rows] == ["1", "2", "3", "4", "5", "6"]
+    _train(tiny, tmp_path / "straight", 6)                       # the same numbers as a run that never stopped
+    straight = list(csv.DictReader(open(tmp_path / "straight" / "log.csv")))
+    assert [r["loss"] for r in rows] == [r["loss"] for r in straight]
+
+
+def test_a_failed_checkpoint_write_names_the_file_and_keeps_the_last_good_one(tiny, tmp_path, monkeypatch, capsys):
+    run = tmp_path / "run"
+    _train(tiny, run, 3)
+    good = (run / "checkpoint.pt").read_bytes()
+
+    def read_only(obj, f, *args, **kwargs):
+        raise OSError(30, "Read-only file system")               # EROFS; as root, chmod would not stop the write
+    monkeypatch.setattr(torch, "save", read_only)
+    status, message = _cli(train.main, _train_flags(tiny, run, 6) + ["--resume"], capsys)
+    assert status == 1 and f"could not write {run / 'checkpoint.pt'}: Read-only file system" in message
+    assert "the last good checkpoint (step 3)" in message
+    assert (run / "checkpoint.pt").read_bytes() == good and not list(run.glob("*.tmp"))
+
+
+def test_resume_past_the_last_step_is_refused(tiny, tmp_path, capsys):
+    _train(tiny, tmp_path, 3)
+    status, message = _cli(train.main, _train_flags(tiny, tmp_path, 2) + ["--resume"], capsys)
+    assert status == 1 and "is at step 3, past --steps 2: nothing to train" in message

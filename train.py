@@ -20,10 +20,11 @@ import argparse
 import copy
 import csv
 import datetime
+import io
 import math
 import os
 import random
-import sys
+import shutil
 import time
 from pathlib import Path
 
@@ -32,9 +33,11 @@ import torch
 from tqdm import tqdm
 
 from anchors import AnchorWeighting, DualAnchor, dual_anchor_loss
-from data import DATA_ROOTS, KINDS, MAX_MOTION_LENGTH, MotionDataset, to_device
+from data import (DATA_ROOTS, KINDS, MAX_MOTION_LENGTH, SEED, InputError, MotionDataset, device_name, float_range,
+                  folder_path, int_range, load_checkpoint, load_weights, save_checkpoint, to_device, user_errors,
+                  write_atomic)
 from diffusion import alphas_cumprod, linear_betas, masked_mse, q_sample
-from moclip import MoCLIP, WeightsUnavailable, load_moclip, moclip_state, save_checkpoint, train_moclip
+from moclip import MoCLIP, WeightsUnavailable, clip_model_name, load_moclip, moclip_state, train_moclip
 from unet import PRESETS as UNET_PRESETS, UNet
 
 
@@ -53,21 +56,31 @@ PRESETS = {
 SAMPLE_PROMPTS = ["a person jumps", "a person waves with the right hand", "a person walks forward then turns left"]
 
 
+RUN_FILES = ("checkpoint.pt", "final.pt", "log.csv")      # what a run folder holds, besides samples/
+# The flags that define the model and what it learns; --resume refuses a checkpoint trained with other values.
+MODEL_FLAGS = ("dataset", "unet", "anchor_block", "dct_k", "anchor_hidden", "no_fre", "no_tem", "no_film",
+               "anchor_weighting", "text_encoder", "clip_model", "clip_pretrained", "feat_bias")
+
+
 def get_args(argv=None):
+    """The command line, every value checked before any work starts (a bad one exits with the usage line, status 2)."""
+    positive, count, fraction = float_range(0, low_open=True), int_range(1), float_range(0, 1)
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     g = p.add_argument_group("data")
     g.add_argument("--dataset", default="synthetic", choices=["humanml3d", "kit", "synthetic"])
     g.add_argument("--data-root", default=None, help="dataset folder (default: data/HumanML3D, data/KIT-ML, data/synthetic)")
-    g.add_argument("--synthetic-motions", type=int, default=None,
+    g.add_argument("--synthetic-motions", type=int_range(3), default=None,
                    help="motions in the synthetic dataset (default: the existing one, or 2000 if none)")
-    g.add_argument("--feat-bias", type=float, default=5.0, help="root and foot-contact std divided by this (backbone)")
+    g.add_argument("--feat-bias", type=positive, default=5.0,
+                   help="root and foot-contact std divided by this (backbone)")
     g = p.add_argument_group("model")
     g.add_argument("--preset", choices=list(PRESETS), default=None,
                    help="paper (default for humanml3d/kit) or small (default for synthetic; CPU-sized)")
     g.add_argument("--moclip-checkpoint", default=None, help="frozen MoCLIP; trained first by moclip.py if omitted")
     g.add_argument("--text-encoder", choices=["moclip", "clip"], default="moclip",
                    help="cross-attention text features: MoCLIP's fine-tuned tower or plain CLIP (Table 2 'w/o MoCLIP')")
-    g.add_argument("--clip-model", default=None, help="open_clip text tower for --text-encoder clip (default: MoCLIP's)")
+    g.add_argument("--clip-model", type=clip_model_name, default=None,
+                   help="open_clip text tower for --text-encoder clip (default: MoCLIP's)")
     g.add_argument("--clip-pretrained", default=None, help="its weights, or 'none' (default: MoCLIP's)")
     g = p.add_argument_group("dual anchors (Sec. 3.2; ablations of Tables 2-4)")
     g.add_argument("--no-anchors", action="store_true", help="no dual anchor loss at all (Table 2 'w/o DAL')")
@@ -76,32 +89,38 @@ def get_args(argv=None):
     g.add_argument("--no-film", action="store_true", help="no timestep-aware FiLM (Table 2 'w/o FiLM')")
     g.add_argument("--anchor-block", default="down3", choices=["down1", "down2", "down3", "mid"],
                    help="where the anchors tap the UNet (Table 3; 'mid' = Bottleneck)")
-    g.add_argument("--dct-k", type=int, default=64, help="low-frequency DCT coefficients kept (Table 3)")
+    g.add_argument("--dct-k", type=int_range(1, MAX_MOTION_LENGTH), default=64,
+                   help=f"low-frequency DCT coefficients kept, 1..{MAX_MOTION_LENGTH} (the training window) (Table 3)")
     g.add_argument("--anchor-weighting", default="cosine", choices=["cosine", "static", "learnable"],
                    help="zeta(n): Eq. (11) cosine decay, or Table 4's static / learnable alternatives")
-    g.add_argument("--anchor-decay-steps", type=int, default=None, help="N of Eq. (11) (paper silent; 30k of 50k)")
-    g.add_argument("--lambda-fre", type=float, default=0.1, help="weight of L_fre in Eq. (10) (App. D)")
-    g.add_argument("--lambda-tem", type=float, default=0.5, help="weight of L_tem in Eq. (10) (App. D)")
+    g.add_argument("--anchor-decay-steps", type=count, default=None, help="N of Eq. (11) (paper silent; 30k of 50k)")
+    g.add_argument("--lambda-fre", type=float_range(0), default=0.1, help="weight of L_fre in Eq. (10) (App. D)")
+    g.add_argument("--lambda-tem", type=float_range(0), default=0.5, help="weight of L_tem in Eq. (10) (App. D)")
     g = p.add_argument_group("optimisation")
-    g.add_argument("--steps", type=int, default=None, help="training steps (paper 50k)")
-    g.add_argument("--batch-size", type=int, default=None, help="batch size (paper 64)")
-    g.add_argument("--lr", type=float, default=None, help="AdamW learning rate (paper 2e-4)")
-    g.add_argument("--lr-decay-every", type=int, default=None, help="multiply the lr by 0.9 every this many steps")
-    g.add_argument("--weight-decay", type=float, default=0.01)
-    g.add_argument("--grad-clip", type=float, default=1.0, help="global gradient-norm clip")
-    g.add_argument("--ema-decay", type=float, default=None, help="EMA decay per EMA update")
-    g.add_argument("--ema-every", type=int, default=None, help="steps between EMA updates")
-    g.add_argument("--cond-drop", type=float, default=0.1, help="probability of dropping the text (CFG, Eq. 3)")
-    g.add_argument("--precision", default="fp32", choices=["fp32", "tf32", "bf16"], help="bf16 = autocast on CUDA")
-    g.add_argument("--compile", action="store_true", help="torch.compile the UNet (CUDA)")
+    g.add_argument("--steps", type=count, default=None, help="training steps (paper 50k)")
+    g.add_argument("--batch-size", type=count, default=None, help="batch size (paper 64); under torchrun the global one")
+    g.add_argument("--lr", type=positive, default=None, help="AdamW learning rate (paper 2e-4)")
+    g.add_argument("--lr-decay-every", type=count, default=None, help="multiply the lr by 0.9 every this many steps")
+    g.add_argument("--weight-decay", type=float_range(0), default=0.01)
+    g.add_argument("--grad-clip", type=positive, default=1.0, help="global gradient-norm clip")
+    g.add_argument("--ema-decay", type=fraction, default=None, help="EMA decay per EMA update, 0..1")
+    g.add_argument("--ema-every", type=count, default=None, help="steps between EMA updates")
+    g.add_argument("--cond-drop", type=fraction, default=0.1, help="probability of dropping the text (CFG, Eq. 3)")
+    g.add_argument("--precision", default="fp32", choices=["fp32", "tf32", "bf16"],
+                   help="tf32 matmuls or bf16 autocast, both on CUDA")
+    g.add_argument("--compile", action="store_true", help="torch.compile the UNet")
     g = p.add_argument_group("run")
-    g.add_argument("--out-dir", default=None, help="run folder (default runs/luma_<dataset>)")
-    g.add_argument("--resume", action="store_true", help="continue from <out-dir>/checkpoint.pt")
-    g.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    g.add_argument("--seed", type=int, default=0)
-    g.add_argument("--log-every", type=int, default=None)
-    g.add_argument("--save-every", type=int, default=None, help="steps between checkpoints")
-    g.add_argument("--sample-every", type=int, default=None, help="steps between sample animations (0: never)")
+    g.add_argument("--out-dir", type=folder_path, default=None, help="run folder (default runs/luma_<dataset>)")
+    g.add_argument("--resume", action="store_true", help="continue the run in --out-dir from its checkpoint.pt")
+    g.add_argument("--overwrite", action="store_true",
+                   help="start over in an --out-dir that holds a run (its checkpoint.pt, final.pt, log.csv and "
+                        "samples/ are deleted first)")
+    g.add_argument("--device", type=device_name, default="cuda" if torch.cuda.is_available() else "cpu")
+    g.add_argument("--seed", type=SEED, default=0)
+    g.add_argument("--log-every", type=count, default=None, help="steps between log rows")
+    g.add_argument("--save-every", type=count, default=None, help="steps between checkpoints")
+    g.add_argument("--sample-every", type=int_range(0), default=None,
+                   help="steps between sample animations (0: never)")
     args = p.parse_args(argv)
 
     args.preset = args.preset or ("small" if args.dataset == "synthetic" else "paper")
@@ -112,11 +131,29 @@ def get_args(argv=None):
     args.out_dir = args.out_dir or f"runs/luma_{args.dataset}"
     if args.no_anchors:
         args.no_fre = args.no_tem = True
-    if args.precision == "bf16" and not args.device.startswith("cuda"):
-        p.error("--precision bf16 is autocast on CUDA; on a CPU use --precision fp32")
-    if not 1 <= args.dct_k <= MAX_MOTION_LENGTH:
-        p.error(f"--dct-k must be between 1 and {MAX_MOTION_LENGTH} (the training window), got {args.dct_k}")
+    check_args(p, args)
     return args
+
+
+def check_args(p, args):
+    """What no single flag's type can check: flags against each other and the device."""
+    if args.precision != "fp32" and not args.device.startswith("cuda"):
+        what = "TF32 matmuls" if args.precision == "tf32" else "bf16 autocast"
+        p.error(f"--precision {args.precision} is a CUDA setting ({what}); on a CPU use --precision fp32")
+    if args.resume and args.overwrite:
+        p.error("--resume continues the run in --out-dir and --overwrite replaces it; pass one of them")
+
+
+def check_run_folder(args):
+    """Never lose a run: a folder holding one is continued (--resume) or replaced (--overwrite), never overwritten."""
+    out_dir = Path(args.out_dir)
+    existing = [name for name in RUN_FILES if (out_dir / name).exists()]
+    if args.resume and not (out_dir / "checkpoint.pt").exists():
+        raise InputError(f"--resume given but {out_dir / 'checkpoint.pt'} does not exist (check --out-dir, or drop "
+                         f"--resume)")
+    if existing and not (args.resume or args.overwrite):
+        raise InputError(f"{out_dir} already holds a training run ({', '.join(existing)}); pass --resume to continue "
+                         f"it, --overwrite to replace it, or another --out-dir")
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -274,8 +311,8 @@ def setup_distributed(args):
     if world_size == 1:
         return 0, 1, torch.device(args.device)
     if args.batch_size % world_size:
-        sys.exit(f"error: --batch-size {args.batch_size} is the global batch; it must divide evenly over "
-                 f"{world_size} processes (e.g. {args.batch_size // world_size * world_size or world_size})")
+        raise InputError(f"--batch-size {args.batch_size} is the global batch; it must divide evenly over "
+                         f"{world_size} processes (e.g. {args.batch_size // world_size * world_size or world_size})")
     rank, local_rank = int(os.environ["RANK"]), int(os.environ["LOCAL_RANK"])
     if args.device.startswith("cuda"):
         device = torch.device("cuda", local_rank)
@@ -287,11 +324,54 @@ def setup_distributed(args):
     return rank, world_size, device
 
 
+RESUME_WRITER = "train.py (runs/<run>/checkpoint.pt, every --save-every steps)"
+
+
+def check_resumable(state, args, path):
+    """--resume continues the same model: refuse a checkpoint trained with other model-defining flags."""
+    saved = state["config"]
+    changed = [f"--{k.replace('_', '-')} {saved[k]!r} (now {getattr(args, k)!r})" for k in MODEL_FLAGS
+               if k in saved and saved[k] != getattr(args, k)]
+    if changed:
+        raise InputError(f"{path} was trained with other flags: {'; '.join(changed)}. Resume with the run's own "
+                         f"flags, or start a new run with another --out-dir")
+    if state["step"] > args.steps:
+        raise InputError(f"{path} is at step {state['step']}, past --steps {args.steps}: nothing to train; pass "
+                         f"--steps larger than {state['step']} to continue")
+
+
+LOG_COLUMNS = ["step", "loss", "ddpm", "fre", "tem", "zeta", "lr", "seconds_per_step"]
+
+
+def continue_log(log_path, step):
+    """On --resume, keep the log rows up to the checkpoint's step: the steps after it run again, so their old rows
+    go, and the log reads as one uninterrupted run. Written atomically; a missing log starts with its header."""
+    rows = []
+    if log_path.exists():
+        with open(log_path, newline="") as f:
+            rows = list(csv.reader(f))
+    header, rows = (rows[0], rows[1:]) if rows else (LOG_COLUMNS, [])
+    text = io.StringIO()
+    csv.writer(text).writerows([header] + [row for row in rows if row and row[0].isdigit() and int(row[0]) <= step])
+    write_atomic(log_path, lambda f: f.write(text.getvalue().encode()))
+
+
 def main(argv=None):
-    args = get_args(argv)
+    args = get_args(argv)                          # usage errors: the usage line and exit status 2, before any work
+    with user_errors(WeightsUnavailable):          # expected errors: one paragraph, exit status 1; bugs: a traceback
+        return run(args)
+
+
+def run(args):
+    """The whole job of `python train.py`: data, MoCLIP (trained first if needed), LUMA, samples, final checkpoint."""
+    check_run_folder(args)                                    # every rank, before rank 0 writes anything
     rank, world_size, device = setup_distributed(args)
     is_main = rank == 0                                       # rank 0 alone writes checkpoints, logs and samples
     out_dir = Path(args.out_dir)
+    if args.overwrite and is_main:                            # the user asked to replace the run in out_dir
+        for name in RUN_FILES:
+            (out_dir / name).unlink(missing_ok=True)
+        shutil.rmtree(out_dir / "samples", ignore_errors=True)
     out_dir.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(args.seed + rank)                       # per-rank stream for dropout
     # fp32 means fp32: PyTorch would otherwise run cuDNN convolutions in TF32 by default.
@@ -306,7 +386,8 @@ def main(argv=None):
     dataset = MotionDataset(args.data_root, split="train", kind=KINDS[args.dataset], mode="train",
                             feat_bias=args.feat_bias)
     if len(dataset) < args.batch_size:
-        sys.exit(f"error: the training split has {len(dataset)} samples, fewer than --batch-size {args.batch_size}")
+        raise InputError(f"the training split of {args.data_root} has {len(dataset)} samples, fewer than --batch-size "
+                         f"{args.batch_size}; lower --batch-size")
     motion_dim = dataset.mean.shape[0]
 
     # MoCLIP (App. B): trained first unless given; frozen from here on
@@ -316,8 +397,8 @@ def main(argv=None):
         if moclip_path.exists():
             print(f"using the existing MoCLIP checkpoint {moclip_path} (delete it or pass --moclip-checkpoint to change)")
         elif world_size > 1:
-            sys.exit(f"error: no MoCLIP checkpoint at {moclip_path}. Under torchrun, train it first in one process: "
-                     f"python moclip.py --dataset {args.dataset} --out {moclip_path}")
+            raise InputError(f"no MoCLIP checkpoint at {moclip_path}. Under torchrun, train it first in one process: "
+                             f"python moclip.py --dataset {args.dataset} --out {moclip_path}")
         else:
             print(f"no --moclip-checkpoint given: training MoCLIP first -> {moclip_path}")
             train_moclip(dataset=args.dataset, data_root=args.data_root, out=moclip_path, device=args.device,
@@ -345,13 +426,17 @@ def main(argv=None):
 
     step = 0
     checkpoint_path = out_dir / "checkpoint.pt"
-    if args.resume:
-        if not checkpoint_path.exists():
-            sys.exit(f"error: --resume given but {checkpoint_path} does not exist (check --out-dir)")
-        state = torch.load(checkpoint_path, map_location="cpu", weights_only=True)   # RNG states must stay on CPU
-        model.load_state_dict(state["model"])
-        ema_unet.load_state_dict(state["ema_unet"])
-        optimizer.load_state_dict(state["optimizer"])
+    if args.resume:   # loaded on the CPU: the RNG states must stay there
+        state = load_checkpoint(checkpoint_path, "a resumable LUMA training checkpoint", RESUME_WRITER, fmt="luma",
+                                keys=("config", "model", "ema_unet", "optimizer", "step", "rng_cpu"))
+        check_resumable(state, args, checkpoint_path)
+        load_weights(model, state["model"], checkpoint_path, "LUMA")
+        load_weights(ema_unet, state["ema_unet"], checkpoint_path, "EMA UNet")
+        try:
+            optimizer.load_state_dict(state["optimizer"])
+        except (ValueError, KeyError, RuntimeError) as error:
+            raise InputError(f"{checkpoint_path}: its optimiser state does not fit the model ({error}); the file is "
+                             f"damaged") from None
         step = state["step"]
         if is_main:   # the saved dropout stream is rank 0's; the other ranks start fresh, distinct ones
             torch.set_rng_state(state["rng_cpu"])
@@ -361,20 +446,29 @@ def main(argv=None):
         else:
             torch.manual_seed(args.seed * 1_000_003 + step * 1_009 + rank)
 
-    def save(path):
-        save_checkpoint({
-            **inference_checkpoint(args, ema_unet, text_encoder, dataset, step),
-            "model": model.state_dict(), "ema_unet": ema_unet.state_dict(), "optimizer": optimizer.state_dict(),
-            "rng_cpu": torch.get_rng_state(),
-            "rng_cuda": torch.cuda.get_rng_state() if device.type == "cuda" else None,
-        }, path)
+    def save(state, path):
+        try:
+            save_checkpoint(state, path)                  # atomic: a failed write leaves the last good file as it was
+        except InputError as error:
+            kept = (f"the last good checkpoint (step {last_good}) is {checkpoint_path}, unchanged" if last_good else
+                    "no checkpoint was written yet")
+            raise InputError(f"{error}; {kept}. Free disk space or make {out_dir} writable, then run again with "
+                             f"--resume") from None
+
+    def training_state():
+        return {**inference_checkpoint(args, ema_unet, text_encoder, dataset, step),
+                "model": model.state_dict(), "ema_unet": ema_unet.state_dict(), "optimizer": optimizer.state_dict(),
+                "rng_cpu": torch.get_rng_state(),
+                "rng_cuda": torch.cuda.get_rng_state() if device.type == "cuda" else None}
 
     log_path = out_dir / "log.csv"
     if is_main:
+        if args.resume:
+            continue_log(log_path, step)
         log_file = open(log_path, "a" if args.resume else "w", newline="")
         log = csv.writer(log_file)
         if not args.resume:
-            log.writerow(["step", "loss", "ddpm", "fre", "tem", "zeta", "lr", "seconds_per_step"])
+            log.writerow(LOG_COLUMNS)
     bar = tqdm(total=args.steps, initial=step, desc="LUMA", dynamic_ncols=True, disable=not is_main)
     last_good = last_logged = step
     t_last = time.time()
@@ -403,8 +497,9 @@ def main(argv=None):
             if not all(math.isfinite(v) for v in values):
                 if is_main:
                     log_file.close()
-                sys.exit(f"error: the loss became {values[0]} at step {step}; stopping without saving. The last good "
-                         f"checkpoint (step {last_good}) is {checkpoint_path}. Try a lower --lr or --precision fp32.")
+                raise InputError(f"the loss became {values[0]} at step {step}; stopping without saving. The last good "
+                                 f"checkpoint (step {last_good}) is {checkpoint_path}. Try a lower --lr or --precision "
+                                 f"fp32.")
             seconds = (time.time() - t_last) / (step - last_logged)
             t_last, last_logged = time.time(), step
             if is_main:
@@ -413,7 +508,7 @@ def main(argv=None):
                 bar.set_postfix(loss=f"{values[0]:.4f}", ddpm=f"{values[1]:.4f}", fre=f"{values[2]:.3f}",
                                 tem=f"{values[3]:.3f}", zeta=f"{values[4]:.2f}")
         if saving and is_main:
-            save(checkpoint_path)
+            save(training_state(), checkpoint_path)
         last_good = step if saving else last_good
         if is_main and args.sample_every and (step % args.sample_every == 0 or step == args.steps):
             render_samples(ema_unet, text_encoder, dataset, out_dir / "samples" / f"step_{step:06d}", device)
@@ -421,7 +516,7 @@ def main(argv=None):
     final_path = out_dir / "final.pt"
     if is_main:
         log_file.close()
-        save_checkpoint(inference_checkpoint(args, ema_unet, text_encoder, dataset, step), final_path)
+        save(inference_checkpoint(args, ema_unet, text_encoder, dataset, step), final_path)
         if device.type == "cuda":
             print(f"peak GPU memory: {torch.cuda.max_memory_allocated(device) / 2**30:.2f} GiB")
         print(f"done: {step} steps. Final checkpoint (EMA UNet + text tower + stats): {final_path}\n"
@@ -439,7 +534,4 @@ def render_samples(ema_unet, text_encoder, dataset, folder, device):
 
 
 if __name__ == "__main__":
-    try:
-        main()
-    except (FileNotFoundError, ValueError, WeightsUnavailable) as error:   # our own messages, not a traceback
-        sys.exit(f"error: {error}")
+    main()
