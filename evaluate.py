@@ -54,9 +54,9 @@ from torch.nn.utils.rnn import pack_padded_sequence
 from tqdm import tqdm
 
 from anchors import dct, dual_anchor_loss
-from data import (KINDS, SEED, InputError, MotionDataset, device_name, evaluator_tokens, float_range, folder_path,
-                  int_range, load_checkpoint, load_weights, parse_text_line, read_array, save_checkpoint, user_errors,
-                  write_atomic)
+from data import (BUILT_DATASETS, DATA_ROOTS, KINDS, SEED, InputError, MotionDataset, device_name, evaluator_tokens, float_range, folder_path,
+                  int_range, load_checkpoint, load_weights, parse_text_line, prepare_dataset, read_array, save_checkpoint,
+                  user_errors, write_atomic)
 from diffusion import alphas_cumprod, linear_betas, masked_mse, q_sample
 from moclip import load_moclip, moclip_from_state, topk_accuracy
 
@@ -727,7 +727,7 @@ def _matching_pass(evaluator, vectorizer, loader, device, optimizer=None, rng=No
     return total / max(count, 1)
 
 
-def train_evaluator(dataset="synthetic", data_root=None, out="checkpoints/evaluator_synthetic", ae_steps=200,
+def train_evaluator(dataset="synthetic", data_root=None, out=None, ae_steps=200,
                     ae_batch_size=128, window=24, epochs=3, batch_size=32, lr=5e-4, seed=0, device="cpu",
                     progress=True):
     """Train T2MEvaluator the official way (B.4) on a dataset without official weights; returns the out folder.
@@ -741,13 +741,11 @@ def train_evaluator(dataset="synthetic", data_root=None, out="checkpoints/evalua
     convergence (up to 300 epochs); the negative shift is drawn from [1, B-1] (see _matching_pass). The autoencoder
     uses the train split's motions only, and both stages use the dataset's training normalisation.
     """
-    from data import DATA_ROOTS, collate_eval
+    from data import collate_eval
     kind = KINDS[dataset]
     root = Path(data_root or DATA_ROOTS[dataset])
-    if dataset == "synthetic":
-        from synthetic import ensure_dataset
-        ensure_dataset(root)
-    out = Path(out)
+    prepare_dataset(dataset, root)
+    out = Path(out or f"checkpoints/evaluator_{dataset}")
     random.seed(seed)
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
@@ -980,9 +978,9 @@ def moclip_retrieval(evaluator, vectorizer, moclip_model, dataset, eval_mean, ev
 
 def _resolve_evaluator_paths(args):
     """Default evaluator, GloVe and meta folders: the official layout, or train-evaluator's output for synthetic."""
-    base = Path(args.evaluator_dir or ("checkpoints/evaluator_synthetic" if args.dataset == "synthetic"
-                                       else "checkpoints"))
-    glove = Path(args.glove_dir or (base / "glove" if args.dataset == "synthetic" else "glove"))
+    built = args.dataset in BUILT_DATASETS                # no official weights: train-evaluator's output
+    base = Path(args.evaluator_dir or (f"checkpoints/evaluator_{args.dataset}" if built else "checkpoints"))
+    glove = Path(args.glove_dir or (base / "glove" if built else "glove"))
     meta = Path(args.eval_meta_dir or base)
     return base, glove, meta
 
@@ -1008,9 +1006,9 @@ def _luma_generator(checkpoint, eval_mean, eval_std, device, guidance, steps, se
 
 def _protocol_inputs(args):
     """(evaluator, word vectoriser, eval-mode test split normalised with the evaluator's meta stats) for t2m, moclip."""
-    from data import DATA_ROOTS
     kind = KINDS[args.dataset]
     root = Path(args.data_root or DATA_ROOTS[args.dataset])
+    prepare_dataset(args.dataset, root)
     evaluator_dir, glove_dir, meta_dir = _resolve_evaluator_paths(args)
     evaluator = load_evaluator(evaluator_dir, {"t2m": 263, "kit": 251}[kind]).to(args.device)
     vectorizer = WordVectorizer(glove_dir)
@@ -1112,11 +1110,8 @@ def run_gradflow(args):
 
 def run_spectrum(args):
     """Fig. 7: mean DCT magnitude per coefficient of the normalised training windows, energy share of the first k."""
-    from data import DATA_ROOTS
     root = args.data_root or DATA_ROOTS[args.dataset]
-    if args.dataset == "synthetic":
-        from synthetic import ensure_dataset
-        ensure_dataset(root)
+    prepare_dataset(args.dataset, root)
     dataset = MotionDataset(root, split=args.split, kind=KINDS[args.dataset])
     random.seed(args.seed)                                       # the random 196-frame window of longer clips
     magnitude, energy = dct_spectrum(motion for _, motion, _ in dataset)
@@ -1146,11 +1141,11 @@ def run_spectrum(args):
 
 def _add_protocol_args(p, out):
     """The flags t2m and moclip share: data, evaluator files, replications, seed, device, output folder."""
-    p.add_argument("--dataset", default="humanml3d", choices=["humanml3d", "kit", "synthetic"])
+    p.add_argument("--dataset", default="humanml3d", choices=list(DATA_ROOTS))
     p.add_argument("--data-root", default=None, help="dataset folder (HumanML3D layout; default data/<dataset>)")
     p.add_argument("--evaluator-dir", default=None,
                    help="folder with <t2m|kit>/text_mot_match/model/finest.tar (default: checkpoints, or "
-                        "checkpoints/evaluator_synthetic for --dataset synthetic)")
+                        "checkpoints/evaluator_<dataset> for synthetic and bandai)")
     p.add_argument("--glove-dir", default=None, help="folder with our_vab_data.npy, our_vab_words.pkl, our_vab_idx.pkl "
                                                      "(default: glove, or <evaluator-dir>/glove for synthetic)")
     p.add_argument("--eval-meta-dir", default=None, help="folder with the evaluator mean/std (default: --evaluator-dir)")
@@ -1188,15 +1183,15 @@ def get_args(argv=None):
                    help="MultiModality: pairs of repeats averaged per caption, at most --mm-repeats (B.9: 10)")
     p = sub.add_parser("train-evaluator", help="train the evaluator architecture for datasets without official "
                                                "weights: movement autoencoder, then text-motion matching (B.4)")
-    p.add_argument("--dataset", default="synthetic", choices=["synthetic", "humanml3d", "kit"])
+    p.add_argument("--dataset", default="synthetic", choices=list(DATA_ROOTS))
     p.add_argument("--data-root", default=None, help="dataset folder (default data/<dataset>)")
     p.add_argument("--ae-steps", type=count, default=200, help="movement autoencoder steps (batch 128, window 24)")
     p.add_argument("--epochs", type=count, default=3, help="text-motion matching epochs (official: up to 300)")
     p.add_argument("--batch-size", type=int_range(2), default=32, help="text-motion matching batch (official: 8)")
     p.add_argument("--lr", type=float_range(0, low_open=True), default=5e-4,
                    help="Adam learning rate of both stages (official 1e-4; higher to train in minutes on CPU)")
-    _add_run_args(p, "checkpoints/evaluator_synthetic", "writes glove/, <kind>_mean.npy, <kind>_std.npy and "
-                                                        "<kind>/text_mot_match/model/finest.tar")
+    _add_run_args(p, None, "default checkpoints/evaluator_<dataset>: writes glove/, <kind>_mean.npy, <kind>_std.npy "
+                           "and <kind>/text_mot_match/model/finest.tar")
     p = sub.add_parser("moclip", help="Table 5 analogue: MoCLIP retrieval (text->motion, motion->text) next to the "
                                       "evaluator's R-precision, on the same test batches")
     p.add_argument("--checkpoint", default=None, help="MoCLIP checkpoint (default checkpoints/moclip_<dataset>.pt)")
@@ -1214,7 +1209,7 @@ def get_args(argv=None):
     _add_run_args(p, "runs/gradflow")
     p = sub.add_parser("spectrum", help="Fig. 7 analogue: mean DCT magnitude per coefficient and the energy share "
                                         "of the first k")
-    p.add_argument("--dataset", default="synthetic", choices=["synthetic", "humanml3d", "kit"])
+    p.add_argument("--dataset", default="synthetic", choices=list(DATA_ROOTS))
     p.add_argument("--data-root", default=None, help="dataset folder (default: data/<dataset>)")
     p.add_argument("--split", default="train", choices=["train", "val", "test", "train_val", "all"])
     p.add_argument("--k", type=int_range(1, 196), default=64, help="shaded low-frequency band (the paper's k), 1..196")

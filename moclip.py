@@ -40,8 +40,9 @@ import torch.nn as nn
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from data import (DATA_ROOTS, KINDS, MAX_MOTION_LENGTH, SEED, InputError, MotionDataset, device_name, file_path,
-                  float_range, int_range, load_checkpoint, load_weights, save_checkpoint, to_device, user_errors)
+from data import (BUILT_DATASETS, DATA_ROOTS, KINDS, MAX_MOTION_LENGTH, SEED, InputError, MotionDataset, device_name, file_path,
+                  float_range, int_range, load_checkpoint, load_weights, prepare_dataset, save_checkpoint, to_device,
+                  user_errors)
 
 
 # A small open_clip text tower for CPUs and the synthetic dataset: the same TextTransformer class, BPE tokenizer,
@@ -363,9 +364,7 @@ def train_moclip(dataset="synthetic", data_root=None, out=None, clip_model=None,
                  batch_size=batch_size, lr=lr, stage2_lr=stage2_lr, weight_decay=weight_decay, patience=patience)
     given = {k: v for k, v in given.items() if v is not None}
 
-    if dataset == "synthetic":
-        from synthetic import ensure_dataset                     # generated on first use; an existing one is kept
-        ensure_dataset(data_root, num_motions=synthetic_motions)
+    prepare_dataset(dataset, data_root, synthetic_motions)      # synthetic, bandai: built on first use
     train_set, val_set = _open_dataset(dataset, data_root, "train"), _open_dataset(dataset, data_root, "val")
 
     if resume:
@@ -385,7 +384,7 @@ def train_moclip(dataset="synthetic", data_root=None, out=None, clip_model=None,
         torch.set_rng_state(state["rng"])
         print(f"resumed {last_path}: stage {stage}, epoch {epoch}, best validation loss {best_val:.4f}")
     else:
-        hp = {**PRESETS["small" if dataset == "synthetic" else "paper"], **given, "seed": seed}
+        hp = {**PRESETS["small" if dataset in BUILT_DATASETS else "paper"], **given, "seed": seed}
         if hp["clip_model"] == "small" and clip_pretrained is None:
             hp["clip_pretrained"] = "none"                       # the small tower has no pretrained weights
         torch.manual_seed(seed)
@@ -546,6 +545,7 @@ def evaluate_checkpoint(args):
     if dataset is None:
         raise InputError(f"{path} does not record the dataset it was trained on; pass --dataset and --data-root")
     root = args.data_root or (model.data_root if dataset == model.dataset else DATA_ROOTS[dataset])
+    prepare_dataset(dataset, root)                               # synthetic, bandai: built on first use
     test_set = _open_dataset(dataset, root, "test")
     if not np.allclose(test_set.mean, model.mean.numpy()) or not np.allclose(test_set.std, model.std.numpy()):
         raise InputError(f"{root} normalises motions differently from the data {path} was trained on "

@@ -19,18 +19,14 @@ supporting foot does not slide. Captions are paraphrased from templates and tagg
 the way HumanML3D's spaCy step tags them. Mirrored copies (M<id>) swap left and right in motion and text.
 Everything is a pure function of (seed, motion index), so a seed always gives the same bytes.
 
-Chapters: 1 lexicon, 2 skeleton and forward kinematics, 3 action primitives, 4 composition and root placement,
-5 captions, 6 writing the dataset, 7 CLI.
-Public: PRIMITIVES, forward_kinematics, make_motion, sample_motion, tokenize, generate_dataset, ensure_dataset.
+Chapters: 1 skeleton and forward kinematics, 2 action primitives, 3 composition and root placement, 4 captions
+(tagged with data.tokenize and its lexicon), 5 writing the dataset, 6 CLI.
+Public: PRIMITIVES, forward_kinematics, make_motion, sample_motion, generate_dataset, ensure_dataset.
 CLI: python synthetic.py --out data/synthetic --num-motions 2000 --seed 0
 """
 from __future__ import annotations
 
 import argparse
-import json
-import os
-import re
-import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,8 +34,11 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from data import (SEED, SKELETONS, features_to_joints, folder_path, int_range, joints_to_features, mean_std,
-                  mirror_caption, mirror_joints, user_errors)
+from data import (SEED, SKELETONS, VERB_FORMS, DatasetWriter, features_to_joints, folder_path, int_range,
+                  joints_to_features, read_marker, tokenize, user_errors)
+
+_NUMBER_WORDS = dict(enumerate("zero one two three four five six seven eight nine ten".split()))
+_THIRD_PERSON = {third: gerund for _, third, gerund in VERB_FORMS}     # 'walks' -> 'walking', for "is walking"
 
 VERSION = 1                       # bump when the generator changes, so ensure_dataset regenerates old folders
 SKEL = SKELETONS["t2m"]
@@ -49,92 +48,14 @@ MAX_FRAMES = 196 + 1                   # at most 196 feature rows = the training
 MAX_HEADING = np.deg2rad(165.0)   # see make_motion: keeps clips clear of the +-180 degree arcsin quirk
 
 # -----------------------------------------------------------------------------
-# 1. Lexicon: surface word -> (lemma, coarse UD tag), like HumanML3D's spaCy step (spec A.8 "Text line format":
-#    non-alphabetic tokens dropped, NOUN and VERB lemmatised, 'left' kept). Every lemma is in the evaluator's
-#    GloVe vocabulary (../shared/reference/evaluator_meta/glove_vocab_words.txt).
-# -----------------------------------------------------------------------------
-
-_VERBS = """walk walks walking; run runs running; jog jogs jogging; stroll strolls strolling; step steps stepping;
-sidestep sidesteps sidestepping; shuffle shuffles shuffling; move moves moving; take takes taking;
-turn turns turning; rotate rotates rotating; curve curves curving; jump jumps jumping; hop hops hopping;
-leap leaps leaping; squat squats squatting; crouch crouches crouching; get gets getting; stand stands standing;
-wave waves waving; raise raises raising; lift lifts lifting; put puts putting; hold holds holding;
-reach reaches reaching; stretch stretches stretching; kick kicks kicking; punch punches punching;
-box boxes boxing; throw throws throwing; wind winds winding; clap claps clapping; bow bows bowing;
-bend bends bending; balance balances balancing; do does doing; make makes making; perform performs performing;
-face faces facing; alternate alternates alternating"""
-_NOUNS = """person; man; woman; arm arms; hand hands; leg legs; foot feet; knee knees; head; chest; waist; body;
-fist fists; step steps; time times; degree degrees; kick kicks; punch punches; squat squats; jump jumps;
-jack jacks; bow; turn; line; curve; direction; way; place; air; front; side sides; ball; object; bit"""
-_CLOSED = {
-    "DET": "a an the his her their both all", "PRON": "someone something he she", "AUX": "is", "SCONJ": "while",
-    "ADP": "with to in into on over above of at behind before up down out", "CCONJ": "and or",
-    "ADV": "forward backward backwards back ahead sideways around then first finally slowly quickly briskly "
-           "once twice together overhand slightly deeply again clockwise counterclockwise",
-    "ADJ": "slow quick little deep opposite full long",
-    "NUM": "one two three four five six seven eight nine ten ninety",
-    # ADJ before a noun, NOUN after a determiner ('to the left'), ADV otherwise ('turns left'): see tokenize()
-    "SIDE": "left right", "ADJ|ADV": "high straight fast",
-}
-
-
-def _build_lexicon():
-    lex = {}
-    for pos, table in (("VERB", _VERBS), ("NOUN", _NOUNS)):
-        for entry in table.replace("\n", " ").split(";"):
-            lemma, *forms = entry.split()
-            for word in [lemma, *forms]:
-                lex.setdefault(word, {})[pos] = lemma
-    for pos, words in _CLOSED.items():
-        for word in words.split():
-            lex.setdefault(word, {})[pos] = word
-    return lex
-
-
-LEXICON = _build_lexicon()      # word -> {POS: lemma}; 'steps' has both a NOUN and a VERB reading
-_NUMBER_WORDS = dict(enumerate("zero one two three four five six seven eight nine ten".split()))
-_THIRD_PERSON = {forms.split()[1]: forms.split()[2]                  # 'walks' -> 'walking', for "is walking"
-                 for forms in _VERBS.replace("\n", " ").split(";")}
-
-
-def tokenize(caption):
-    """'word/POS' tokens of a caption (str), HumanML3D style: 'a/DET man/NOUN kick/VERB with/ADP ...'."""
-    words = re.findall(r"[a-z]+|[0-9]+|[^\sa-z0-9]", caption.lower().replace("-", ""))
-    tags = []
-    for i, word in enumerate(words):
-        if not word.isalpha():
-            tags.append(("", "NUM" if word.isdigit() else "PUNCT"))  # kept for context, dropped below
-            continue
-        if word not in LEXICON:
-            raise ValueError(f"word {word!r} of caption {caption!r} is not in the synthetic lexicon; "
-                             "add it to _VERBS / _NOUNS / _CLOSED in synthetic.py")
-        readings = LEXICON[word]
-        prev = tags[-1][1] if tags else ""
-        noun_next = i + 1 < len(words) and "NOUN" in LEXICON.get(words[i + 1], {})
-        if "SIDE" in readings:
-            pos = "ADJ" if noun_next else "NOUN" if prev == "DET" else "ADV"
-        elif "ADJ|ADV" in readings:
-            pos = "ADJ" if noun_next else "ADV"
-        elif len(readings) > 1:        # noun/verb homographs: 'takes four steps' vs 'steps back'
-            pos = "NOUN" if prev in ("DET", "NUM", "ADJ") else "VERB"
-        else:
-            pos = next(iter(readings))
-        lemma = readings.get(pos, word)
-        tags.append((lemma if pos in ("NOUN", "VERB") else word, pos))
-    return " ".join(f"{w}/{p}" for w, p in tags if w)
-
-
-# -----------------------------------------------------------------------------
-# 2. Skeleton and forward kinematics. Joint order, parents, mirror pairs and target bone lengths come from
+# 1. Skeleton and forward kinematics. Joint order, parents, mirror pairs and target bone lengths come from
 #    data.SKELETONS["t2m"]; only the natural rest pose is ours. The spec's raw offsets are IK reference axes,
 #    not a pose (the head would point forward, the shoulders hang below the collars), so the rest pose uses
 #    directions measured on the released clip 000000, frame 0, symmetrised. Hips, collars and shoulders have no
 #    z component, so a rest frame 0 faces +Z exactly (spec A.5.3) and the clip is already canonical.
 # -----------------------------------------------------------------------------
 
-JOINTS = ("pelvis", "left_hip", "right_hip", "spine1", "left_knee", "right_knee", "spine2", "left_ankle",
-          "right_ankle", "spine3", "left_foot", "right_foot", "neck", "left_collar", "right_collar", "head",
-          "left_shoulder", "right_shoulder", "left_elbow", "right_elbow", "left_wrist", "right_wrist")  # spec A.2
+JOINTS = SKEL.joint_names        # pelvis, left_hip, ... right_wrist (spec A.2)
 _J = {name: i for i, name in enumerate(JOINTS)}
 _LEFT_REST = {  # direction of the bone ending at each joint, person facing +Z, left = +X, Y up
     "left_hip": (0.56, -0.83, 0.0), "spine1": (0.0, 0.95, -0.30), "left_knee": (0.06, -1.0, 0.0),
@@ -188,7 +109,7 @@ def forward_kinematics(angles, heading, root=None):
 
 
 # -----------------------------------------------------------------------------
-# 3. Action primitives. Each returns a _Clip (rotation curves plus what the root does) and its parameters,
+# 2. Action primitives. Each returns a _Clip (rotation curves plus what the root does) and its parameters,
 #    which the captions describe. Time t is in seconds, 0 when the action starts; t < 0 is a short lead-in
 #    and the lead-out follows the action, both in the rest pose, so clips crossfade through natural poses.
 #    Angle conventions (radians), for a joint j rotating the bones below it:
@@ -747,7 +668,7 @@ PRIMITIVES = {  # name -> builder(rng, **overrides) -> (_Clip, parameters)
 
 
 # -----------------------------------------------------------------------------
-# 4. Composition and root placement
+# 3. Composition and root placement
 # -----------------------------------------------------------------------------
 
 _BLEND = int(round(0.3 * FPS))   # crossfade 0.3 s of rotations between consecutive actions
@@ -847,7 +768,7 @@ def sample_motion(rng):
 
 
 # -----------------------------------------------------------------------------
-# 5. Captions: three paraphrases per motion from templates (synonyms, word order, numbers as words or digits).
+# 4. Captions: three paraphrases per motion from templates (synonyms, word order, numbers as words or digits).
 #    Phrases are verb phrases in the third person; a subject and connectors ("..., then ...") join them.
 # -----------------------------------------------------------------------------
 
@@ -1024,53 +945,32 @@ def _text_lines(described, rng, num=3):
     return [f"{cap}#{tokenize(cap)}#0.0#0.0" for cap in captions]
 
 
-def _mirror_line(line):
-    caption = mirror_caption(line.split("#")[0])
-    return f"{caption}#{tokenize(caption)}#0.0#0.0"
-
-
 # -----------------------------------------------------------------------------
-# 6. Writing the dataset (layout of spec A.8)
+# 5. Writing the dataset (layout of spec A.8)
 # -----------------------------------------------------------------------------
 
 MARKER = "synthetic.json"
-_SUBDIRS = ("new_joint_vecs", "new_joints", "texts")
 _SPLIT_FRACTIONS = {"val": 0.15, "test": 0.05}   # the rest is train; HumanML3D is ~80/5/15 train/val/test
 
 
-def _marker(seed, num_motions, complete):
-    return {"generator": "synthetic.py", "version": VERSION, "seed": int(seed), "num_motions": int(num_motions),
-            "complete": complete}
-
-
-def _write_text(path, text):
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+def _marker(seed, num_motions):
+    return {"generator": "synthetic.py", "version": VERSION, "seed": int(seed), "num_motions": int(num_motions)}
 
 
 def _splits(num_motions, seed):
+    """{split: motion ids}; data.DatasetWriter adds each one's mirror to the same split."""
     order = np.random.default_rng([seed, 1]).permutation(num_motions)
     n_val = max(1, int(round(_SPLIT_FRACTIONS["val"] * num_motions)))
     n_test = max(1, int(round(_SPLIT_FRACTIONS["test"] * num_motions)))
     parts = {"test": order[:n_test], "val": order[n_test:n_test + n_val], "train": order[n_test + n_val:]}
-    return {k: sorted([f"{i:06d}" for i in v] + [f"M{i:06d}" for i in v]) for k, v in parts.items()}
+    return {k: [f"{i:06d}" for i in v] for k, v in parts.items()}
 
 
 def generate_dataset(out_dir, num_motions=2000, seed=0, progress=True):
     """Write num_motions motions and their mirrors in the HumanML3D layout under out_dir; returns the Path."""
     if int(num_motions) < 3:
         raise ValueError(f"num_motions must be >= 3 (one each for train, val and test), got {num_motions}")
-    out = Path(out_dir)
-    if out.exists() and any(out.iterdir()) and not (out / MARKER).exists():
-        raise FileExistsError(f"{out} exists and is not a synthetic dataset folder (no {MARKER}); refusing to "
-                              "write into it. Choose another --out or delete the folder.")
-    for sub in _SUBDIRS:     # a previous synthetic dataset here: start from clean sub-folders
-        shutil.rmtree(out / sub, ignore_errors=True)
-        (out / sub).mkdir(parents=True)
-    _write_text(out / MARKER, json.dumps(_marker(seed, num_motions, False), indent=1, sort_keys=True) + "\n")
-
-    features = []
+    writer = DatasetWriter(out_dir, MARKER, _marker(seed, num_motions))
     for i in tqdm(range(num_motions), desc="synthetic motions", disable=not progress):
         rng = np.random.default_rng([seed, 0, i])         # motion i depends on (seed, i) only
         for _ in range(10):
@@ -1080,27 +980,8 @@ def generate_dataset(out_dir, num_motions=2000, seed=0, progress=True):
             # code measures from hips and shoulders still wraps past 180 degrees (see make_motion).
             if np.abs(features_to_joints(vecs) - joints[:-1]).max() < 1e-4:
                 break
-        lines = _text_lines(described, rng)
-        name = f"{i:06d}"
-        for clip_id, clip_joints, clip_lines in ((name, joints, lines),
-                                                 ("M" + name, mirror_joints(joints), [_mirror_line(x) for x in lines])):
-            if clip_id != name:
-                vecs = joints_to_features(clip_joints)
-            np.save(out / "new_joint_vecs" / f"{clip_id}.npy", vecs)
-            np.save(out / "new_joints" / f"{clip_id}.npy", features_to_joints(vecs))   # (T-1, 22, 3)
-            (out / "texts" / f"{clip_id}.txt").write_text("\n".join(clip_lines) + "\n")
-            features.append(vecs)
-
-    mean, std = mean_std(features)
-    np.save(out / "Mean.npy", mean)
-    np.save(out / "Std.npy", std)
-    splits = _splits(num_motions, seed)
-    splits["train_val"] = sorted(splits["train"] + splits["val"])
-    splits["all"] = sorted(splits["train_val"] + splits["test"])
-    for split, ids in splits.items():
-        (out / f"{split}.txt").write_text("\n".join(ids) + "\n")
-    _write_text(out / MARKER, json.dumps(_marker(seed, num_motions, True), indent=1, sort_keys=True) + "\n")
-    return out
+        writer.add(f"{i:06d}", joints, _text_lines(described, rng), features=vecs)   # and its mirror M<id>
+    return writer.finish(_splits(num_motions, seed))
 
 
 def ensure_dataset(out_dir, num_motions=None, seed=None):
@@ -1110,19 +991,16 @@ def ensure_dataset(out_dir, num_motions=None, seed=None):
     there is none), so every script of a run reads the same data whatever its own seed.
     """
     out = Path(out_dir)
-    try:
-        marker = json.loads((out / MARKER).read_text())
-    except (OSError, ValueError):
-        marker = {}
+    marker = read_marker(out, MARKER)
     num_motions = marker.get("num_motions", 2000) if num_motions is None else num_motions
     seed = marker.get("seed", 0) if seed is None else seed
-    if marker != _marker(seed, num_motions, True) or not (out / "Std.npy").exists():
+    if marker != {**_marker(seed, num_motions), "complete": True} or not (out / "Std.npy").exists():
         generate_dataset(out, num_motions=num_motions, seed=seed)
     return out
 
 
 # -----------------------------------------------------------------------------
-# 7. CLI
+# 6. CLI
 # -----------------------------------------------------------------------------
 
 

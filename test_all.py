@@ -47,7 +47,8 @@ from moclip import (MoCLIP, contrastive_loss, load_moclip, moclip_from_state, mo
 from unet import ANCHOR_BLOCKS, FrameGroupNorm, PRESETS, UNet, timestep_embedding
 
 # The repository sits beside shared/ (reference data and specs), in CI as on a developer machine.
-SHARED = Path(__file__).resolve().parent.parent / "shared"
+REPO_ROOT = Path(__file__).resolve().parent
+SHARED = REPO_ROOT.parent / "shared"
 # The test-only reference implementations (requirements-test.txt)
 SCIPY_INSTALL, DIFFUSERS_INSTALL = "pip install scipy", "pip install diffusers"
 
@@ -718,7 +719,7 @@ def test_wave_right_hand_moves_the_right_wrist_and_its_mirror_the_left():
     mirrored = data.mirror_joints(joints)
     assert _path_length(mirrored[:, 20]) > 10 * _path_length(mirrored[:, 21])
     caption = synthetic._text_lines(described, np.random.default_rng(0))[0].split("#")[0]
-    mirror = synthetic._mirror_line(f"{caption}#x#0.0#0.0")
+    mirror = data.mirror_text_line(f"{caption}#x#0.0#0.0")
     assert "right" in caption.split() and "left" not in caption.split()
     assert "left" in mirror.split("#")[0].split() and "right" not in mirror.split("#")[0].split()
     assert "left/ADJ" in mirror.split("#")[1]
@@ -731,11 +732,11 @@ def test_tokenize_reproduces_humanml3d_tokens():
     lines = (SHARED / "reference" / "humanml3d" / "texts_000000.txt").read_text().splitlines()
     for line in (lines[0], lines[2]):     # the lines whose words are all in our lexicon
         caption, tokens, _, _ = line.split("#")
-        assert synthetic.tokenize(caption) == tokens
-    assert synthetic.tokenize("He takes 3 steps to the left, then turns left.") == \
+        assert data.tokenize(caption) == tokens
+    assert data.tokenize("He takes 3 steps to the left, then turns left.") == \
         "he/PRON take/VERB step/NOUN to/ADP the/DET left/NOUN then/ADV turn/VERB left/ADV"
     with pytest.raises(ValueError, match="lexicon"):
-        synthetic.tokenize("a person moonwalks")
+        data.tokenize("a person moonwalks")
 
 
 def test_every_caption_template_is_in_the_lexicon_and_the_glove_vocabulary():
@@ -747,7 +748,7 @@ def test_every_caption_template_is_in_the_lexicon_and_the_glove_vocabulary():
         _, params = synthetic.PRIMITIVES[name](rng)
         for phrase in synthetic._phrases(name, params, rng, ("his", "her", "their")[i % 3]):
             for text in (phrase, synthetic._gerund(phrase), data.mirror_caption(phrase)):
-                for token in synthetic.tokenize("a person " + text).split():
+                for token in data.tokenize("a person " + text).split():
                     word, pos = token.split("/")
                     assert word in glove and pos in UD_TAGS, token
 
@@ -798,7 +799,7 @@ def test_text_lines_parse_as_caption_tokens_start_end(dataset):
                 word, pos = token.split("/")
                 assert pos in UD_TAGS
                 if pos in ("NOUN", "VERB"):
-                    assert synthetic.LEXICON[word].get(pos, word) == word, f"{token} is not lemmatised"
+                    assert data.LEXICON[word].get(pos, word) == word, f"{token} is not lemmatised"
 
 
 def test_splits_are_disjoint_and_keep_mirrors_together(dataset):
@@ -856,7 +857,7 @@ def test_ensure_dataset_generates_only_when_needed(tmp_path):
     assert json.loads(marker.read_text())["complete"]
     (tmp_path / "other").mkdir()
     (tmp_path / "other" / "notes.txt").write_text("not a dataset")
-    with pytest.raises(FileExistsError, match="not a synthetic dataset"):
+    with pytest.raises(data.InputError, match="not a dataset this project wrote"):
         synthetic.ensure_dataset(tmp_path / "other", num_motions=4)
     with pytest.raises(ValueError, match="num_motions"):
         synthetic.generate_dataset(tmp_path / "tiny", num_motions=2)
@@ -870,6 +871,269 @@ def test_cli_writes_the_dataset_and_reports_counts(tmp_path):
     help_text = subprocess.run([sys.executable, str(REPO / "synthetic.py"), "--help"], capture_output=True,
                                text=True, cwd=REPO, check=True).stdout
     assert "--num-motions" in help_text and "--seed" in help_text and "--out" in help_text
+
+
+# =====================================================================================================================
+# bvh.py: BVH reading, forward kinematics, retargeting, and the real-mocap import (Bandai-Namco)
+# =====================================================================================================================
+
+import bvh  # noqa: E402  (the component under test; it imports numpy only)
+
+BANDAI = SHARED / "data" / "bandai"
+BANDAI_1 = BANDAI / "Bandai-Namco-Research-Motiondataset-1.tar.xz"
+
+# A small hierarchy exercising what real files do: a 6-channel root, a 3-channel joint in XYZ order, a joint with
+# position channels in YXZ order, an End Site, tabs, CRLF line ends and scientific notation.
+INLINE_BVH = ("HIERARCHY\r\nROOT Hips\r\n{\r\n\tOFFSET 0 0 0\r\n"
+              "\tCHANNELS 6 Xposition Yposition Zposition Zrotation Xrotation Yrotation\r\n"
+              "\tJOINT Spine\r\n\t{\r\n\t\tOFFSET 0 1.0e1 0\r\n\t\tCHANNELS 3 Xrotation Yrotation Zrotation\r\n"
+              "\t\tJOINT Head\r\n\t\t{\r\n\t\t\tOFFSET 0 5 0\r\n"
+              "\t\t\tCHANNELS 6 Xposition Yposition Zposition Yrotation Xrotation Zrotation\r\n"
+              "\t\t\tEnd Site\r\n\t\t\t{\r\n\t\t\t\tOFFSET 0 2 0\r\n\t\t\t}\r\n\t\t}\r\n\t}\r\n"
+              "\tJOINT Leg\r\n\t{\r\n\t\tOFFSET 3 -9 0\r\n\t\tCHANNELS 3 Zrotation Yrotation Xrotation\r\n"
+              "\t\tEnd Site\r\n\t\t{\r\n\t\t\tOFFSET 0 -8 0\r\n\t\t}\r\n\t}\r\n}\r\n"
+              "MOTION\r\nFrames: 2\r\nFrame Time: 0.05\r\n"
+              "1 90 2 0 0 0  90 0 0  0 5 0 0 0 0  0 0 0\r\n"
+              "0 90 0 0 0 90  0 0 0  0 5 0 90 0 0  0 0 -9e1\r\n")
+
+
+def _inline_bvh(tmp_path, text=INLINE_BVH, name="inline.bvh"):
+    path = tmp_path / name
+    path.write_bytes(text.encode())
+    return path
+
+
+def test_read_bvh_hierarchy_channels_and_motion(tmp_path):
+    clip = bvh.read_bvh(_inline_bvh(tmp_path))
+    assert clip.names == ["Hips", "Spine", "Head", "Leg"] and clip.parents == [-1, 0, 1, 0]
+    np.testing.assert_array_equal(clip.offsets, [[0, 0, 0], [0, 10, 0], [0, 5, 0], [3, -9, 0]])
+    assert clip.channels[1] == ["Xrotation", "Yrotation", "Zrotation"]
+    assert clip.channels[2] == ["Xposition", "Yposition", "Zposition", "Yrotation", "Xrotation", "Zrotation"]
+    assert set(clip.end_sites) == {2, 3} and clip.motion.shape == (2, 18) and clip.fps == pytest.approx(20.0)
+    np.testing.assert_array_equal(clip.joint_motion(3)[1], [0, 0, -90])
+
+
+def test_forward_kinematics_by_hand(tmp_path):
+    # frame 0: the root at (1, 90, 2), Spine rotated 90 degrees about X: the Head's bone (0, 5, 0) turns to +Z
+    # frame 1: the root turned 90 degrees about Y (its last channel), the Head 90 degrees about Y, the Leg -90 about X
+    P = bvh.forward_kinematics(bvh.read_bvh(_inline_bvh(tmp_path)), end_sites=True)     # (2, 4 joints + 2 ends, 3)
+    np.testing.assert_allclose(P[0], [[1, 90, 2], [1, 100, 2], [1, 100, 7], [4, 81, 2], [1, 100, 9], [4, 73, 2]],
+                               atol=1e-9)
+    np.testing.assert_allclose(P[1], [[0, 90, 0], [0, 100, 0], [0, 105, 0], [0, 81, -3], [0, 107, 0],
+                                      [8, 81, -3]], atol=1e-9)
+
+
+def _bvhio_positions(path, num_joints):
+    bvhio = require("bvhio", "pip install bvhio")
+    root = bvhio.readAsHierarchy(str(path))
+    joints = [joint for joint, _, _ in root.layout()][:num_joints]
+    out = np.zeros((len(root.Keyframes), num_joints, 3))
+    for frame in range(len(out)):
+        root.loadPose(frame)
+        out[frame] = [(j.PositionWorld.x, j.PositionWorld.y, j.PositionWorld.z) for j in joints]
+    return out
+
+
+def test_forward_kinematics_matches_bvhio_on_random_angles(tmp_path):
+    # bvhio (an independent reader, float32) on the inline hierarchy with random angles and positions in every frame
+    rng = np.random.default_rng(0)
+    head, _, _ = INLINE_BVH.partition("MOTION")
+    frames = rng.uniform(-170, 170, size=(30, 18))
+    frames[:, 9:12] = rng.uniform(-3, 3, size=(30, 3))               # the Head's position channels
+    text = head + "MOTION\nFrames: 30\nFrame Time: 0.05\n" + "\n".join(" ".join(f"{v:.6e}" for v in row)
+                                                                     for row in frames) + "\n"
+    path = _inline_bvh(tmp_path, text)
+    ours = bvh.forward_kinematics(bvh.read_bvh(path))
+    np.testing.assert_allclose(ours, _bvhio_positions(path, 4), atol=2e-3)    # float32 on values up to ~100
+
+
+@pytest.mark.parametrize("edit,message", [
+    (lambda t: t.replace("Frames: 2", "Frames: 3"), r"inline.bvh:\d+: the MOTION block has 2 frame lines but Frames "
+                                                    r"says 3 \(truncated file\)"),
+    (lambda t: t + "1 2 3\r\n", r"inline.bvh:\d+: the MOTION block has 3 frame lines but Frames says 2 \(extra"),
+    (lambda t: t.replace("0 0 -9e1", "0 0"), r"inline.bvh:34: a frame has 17 values but the hierarchy declares 18"),
+    (lambda t: t.replace("Zrotation Yrotation Xrotation", "Zrotation Yrotation Wrotation"),
+     r"inline.bvh:23: unknown channel 'Wrotation'"),
+    (lambda t: t.replace("\t\t\t}\r\n\t\t}\r\n\t}", "\t\t\t}\r\n\t}", 1), r"inline.bvh: the HIERARCHY ends early"),
+    (lambda t: t.replace("}\r\nMOTION", "}\r\n}\r\nMOTION"), r"inline.bvh:\d+: unexpected '}' after the root"),
+    (lambda t: t.replace("MOTION", "MOTON"), r"inline.bvh: no MOTION section"),
+    (lambda t: t.replace("0 0 -9e1", "0 0 x"), r"inline.bvh:34: 'x' is not a number"),
+    (lambda t: t.replace("OFFSET 3 -9 0", "OFFSET 3 -9"), r"inline.bvh:23: OFFSET expects 3 numbers, found 'CHANNELS'"),
+    (lambda t: t.replace("Frame Time: 0.05", "Frame Time: 0"), r"inline.bvh:31: Frames must be >= 1 and Frame Time"),
+])
+def test_malformed_bvh_names_the_file_and_the_line(tmp_path, edit, message):
+    with pytest.raises(bvh.BVHError, match=message):
+        bvh.read_bvh(_inline_bvh(tmp_path, edit(INLINE_BVH)))
+
+
+def test_joint_maps_list_the_skeletons_joints_in_order():
+    for rig, maps in bvh.JOINT_MAPS.items():
+        for kind, joint_map in maps.items():
+            assert tuple(joint_map) == data.SKELETONS[kind].joint_names, (rig, kind)
+    cmu = bvh.JOINT_MAPS["cmu"]["t2m"]
+    assert (cmu["left_hip"], cmu["spine3"], cmu["left_collar"], cmu["right_wrist"]) == \
+        ("LeftHip", "Chest2", "LeftCollar", "RightWrist")
+    mb = bvh.JOINT_MAPS["cmu-mb"]["t2m"]
+    assert (mb["left_hip"], mb["spine1"], mb["left_collar"], mb["left_shoulder"]) == \
+        ("LeftUpLeg", "LowerBack", "LeftShoulder", "LeftArm")
+
+
+def test_retarget_midpoints_and_the_missing_joints_message():
+    positions = np.arange(2 * 3 * 3, dtype=float).reshape(2, 3, 3)
+    out = bvh.retarget(positions, ["a", "b", "c"], {"x": "c", "y": ["a", "b"]}, ["x", "y"])
+    np.testing.assert_array_equal(out[:, 0], positions[:, 2])
+    np.testing.assert_array_equal(out[:, 1], 0.5 * (positions[:, 0] + positions[:, 1]))
+    with pytest.raises(bvh.BVHError, match=r"target joints without a source: \['y'\]; source joints the file "
+                                           r"lacks: \['nope'\]"):
+        bvh.retarget(positions, ["a", "b", "c"], {"x": "nope"}, ["x", "y"])
+
+
+def test_zero_length_bones_are_moved_apart_and_never_give_nan():
+    # a CMU-like rig where spine1 (lowerback) sits on the pelvis and a collar on spine3: features would be 0/0
+    joints = _fk_motion("t2m", T=30).copy()
+    skeleton = data.SKELETONS["t2m"]
+    joints[:, 3] = joints[:, 0]
+    joints[:, 13] = joints[:, 9]
+    assert ("pelvis", "spine1") in bvh.coincident_joints(joints, skeleton.joint_names)
+    with np.errstate(invalid="ignore"):
+        assert not np.isfinite(data.joints_to_features(joints)).all()          # what the import must avoid
+    fixed, moved = bvh.separate_coincident_joints(joints, skeleton.parents)
+    assert moved == [3, 13] and np.isfinite(data.joints_to_features(fixed)).all()
+    np.testing.assert_allclose(fixed[:, 3], 0.5 * (joints[:, 0] + joints[:, 6]))    # halfway to spine2
+
+
+def test_units_up_axis_and_resampling():
+    standing = np.zeros((5, 2, 3))
+    standing[:, 1, 1] = 160.0                                                        # 160 cm tall
+    assert bvh.infer_scale(standing) == 0.01 and bvh.infer_scale(standing / 10) == 0.1
+    z_up = np.array([[1.0, 2.0, 3.0]])
+    np.testing.assert_array_equal(bvh.to_y_up(z_up, "z"), [[1.0, 3.0, -2.0]])       # a rotation, not a reflection
+    t = np.arange(31, dtype=float)[:, None] / 30                                     # 1 s at 30 fps, x = time
+    np.testing.assert_allclose(bvh.resample(t, 30, 20)[:, 0], np.arange(21) / 20, atol=1e-12)
+    assert bvh.windows(30, True) == [] and bvh.windows(150, False) == [(0, 150)]
+    assert bvh.windows(420, True) == [(0, 140), (140, 280), (280, 420)]
+    assert bvh.windows(420, False) == [(110, 310)]
+
+
+def _bandai_clips(folder, names):
+    """The named clips of dataset 1, extracted from its archive into folder (a few seconds: it is 7 MB)."""
+    import tarfile
+    if not BANDAI_1.is_file():
+        pytest.fail(f"the Bandai-Namco archive {BANDAI_1} is missing (it ships in ../shared/data/bandai)")
+    folder.mkdir(parents=True, exist_ok=True)
+    with tarfile.open(BANDAI_1) as archive:
+        for member in archive.getmembers():
+            if Path(member.name).stem in names and member.name.endswith(".bvh"):
+                (folder / Path(member.name).name).write_bytes(archive.extractfile(member).read())
+    assert len(list(folder.glob("*.bvh"))) == len(names)
+    return folder
+
+
+BANDAI_TEST_CLIPS = [f"dataset-1_{c}_{s}_001" for c in ("walk", "run", "bow", "bye", "walk-left", "walk-back")
+                     for s in ("normal", "old", "happy")] + ["dataset-1_kick_normal_001", "dataset-1_walk_not-confident_001"]
+
+
+@pytest.fixture(scope="module")
+def bandai_clips(tmp_path_factory):
+    return _bandai_clips(tmp_path_factory.mktemp("bandai") / "src", BANDAI_TEST_CLIPS)
+
+
+def test_real_bandai_clips_match_bvhio_and_have_6_channels_everywhere(bandai_clips):
+    for path in sorted(bandai_clips.glob("*.bvh"))[:4]:
+        clip = bvh.read_bvh(path)
+        assert len(clip.names) == 22 and all(len(c) == 6 for c in clip.channels)            # every joint: 6
+        np.testing.assert_allclose(bvh.forward_kinematics(clip), _bvhio_positions(path, 22), atol=1e-3)  # cm
+
+
+def test_bandai_import_end_to_end(bandai_clips, tmp_path):
+    out = tmp_path / "bandai"
+    report = bvh.import_dataset([bandai_clips], out, "bandai", progress=False)
+    assert report["files"] == 20 and not report["bad_files"]
+    src = lambda name: str(bandai_clips / f"{name}.bvh")
+    assert report["windowed"] == {src("dataset-1_walk_not-confident_001"): 2}     # 16 s of walking: two windows
+    assert report["cropped"] == [src("dataset-1_kick_normal_001")]                 # a 12 s kick keeps its middle
+    assert sorted(r.split(" (")[0] for r in report["too_short"]) == [src("dataset-1_run_normal_001"),
+                                                                     src("dataset-1_walk-back_normal_001")]
+    ds = data.MotionDataset(out, "train", "t2m")
+    assert len(ds) > 0 and ds.mean.shape == (263,)
+    lines = (out / "texts" / "dataset-1_bye_old_001.txt").read_text().splitlines()
+    assert len(lines) == 3 and all(line.endswith("#0.0#0.0") for line in lines)
+    mirrored = (out / "texts" / "Mdataset-1_walk-left_normal_001.txt").read_text()
+    assert "right" in mirrored and "left" not in mirrored.split("#")[0]
+    splits = {s: set((out / f"{s}.txt").read_text().split()) for s in ("train", "val", "test")}
+    assert not (splits["train"] & splits["test"]) and all(("M" + c) in ids for ids in splits.values()
+                                                           for c in ids if not c.startswith("M"))
+    # left is the person's left: the "bye" clips wave the right wrist (index 21), and a walk goes forward (+Z)
+    for style in ("normal", "old", "happy"):
+        joints = np.load(out / "new_joints" / f"dataset-1_bye_{style}_001.npy")
+        assert np.ptp(joints[:, 21, 1]) > 2 * np.ptp(joints[:, 20, 1]), style
+    for name in ("dataset-1_walk_normal_001", "dataset-1_walk_not-confident_001_w1"):
+        walk = np.load(out / "new_joints" / f"{name}.npy")
+        assert walk[-1, 0, 2] - walk[0, 0, 2] > 2.0, name
+    checked = bvh.check_dataset(out, progress=False)
+    assert np.max(checked["bone length spread"]) < 1e-5 and np.median(checked["median lower foot (m)"]) < 0.03
+    with pytest.raises(data.InputError, match="not a dataset this project wrote"):
+        bvh.import_dataset([bandai_clips], bandai_clips, "bandai", progress=False)    # never into a foreign folder
+
+
+def test_import_from_a_tar_archive_and_a_users_joint_map(bandai_clips, tmp_path):
+    import tarfile
+    archive, names = tmp_path / "clips.tar.xz", [f"dataset-1_{c}_001" for c in ("walk_normal", "walk_old",
+                                                                                "bow_normal", "bye_normal")]
+    with tarfile.open(archive, "w:xz") as tar:
+        for name in names:
+            tar.add(bandai_clips / f"{name}.bvh", arcname=f"some/folder/{name}.bvh")
+    joint_map = tmp_path / "map.json"
+    joint_map.write_text(json.dumps(bvh.JOINT_MAPS["bandai"]["t2m"]))
+    captions = tmp_path / "captions.csv"
+    captions.write_text("file,caption\n" + "".join(f"{n}.bvh,a person moonwalks gracefully\n{n},someone moves\n"
+                                                 for n in names))
+    report = bvh.import_dataset([archive], tmp_path / "mine", "generic", joint_map, captions, progress=False)
+    assert report["files"] == report["kept_clips"] == 4
+    line = (tmp_path / "mine" / "texts" / f"{names[0]}.txt").read_text().splitlines()[0]
+    assert line == "a person moonwalks gracefully#a/DET person/NOUN moonwalks/X gracefully/ADV#0.0#0.0"
+
+
+def test_bad_bvh_files_and_maps_are_skipped_or_refused_with_a_message(bandai_clips, tmp_path, capsys):
+    src = tmp_path / "src"
+    src.mkdir()
+    shutil.copy(bandai_clips / f"{BANDAI_TEST_CLIPS[0]}.bvh", src)
+    (src / "dataset-1_run_normal_009.bvh").write_text(INLINE_BVH.replace("Frames: 2", "Frames: 5"))
+    with pytest.warns(UserWarning, match=r"skipped .*dataset-1_run_normal_009.bvh: .*truncated file"):
+        report = bvh.import_dataset([src], tmp_path / "out", "bandai", progress=False)
+    assert len(report["bad_files"]) == 1 and report["kept_clips"] >= 1
+    bad_map = tmp_path / "bad_map.json"
+    bad_map.write_text(json.dumps({"pelvis": "Hips", "spine3": ["Chest"]}))
+    with pytest.raises(bvh.BVHError, match=r"these entries are not: \['spine3'\]"):
+        bvh.read_joint_map(bad_map)
+    missing = tmp_path / "missing.json"
+    missing.write_text(json.dumps({k: v for k, v in bvh.JOINT_MAPS["bandai"]["t2m"].items() if k != "head"}))
+    captions = tmp_path / "c.csv"
+    captions.write_text(f"file,caption\n{BANDAI_TEST_CLIPS[0]},a person walks\n")
+    with pytest.warns(UserWarning, match=r"target joints without a source: \['head'\]"):
+        with pytest.raises(bvh.BVHError, match="no clip could be imported"):
+            bvh.import_dataset([src], tmp_path / "out2", "generic", missing, captions, progress=False)
+    (tmp_path / "bad.csv").write_text("name,text\nx,y\n")
+    with pytest.raises(bvh.BVHError, match="expected a CSV with a header 'file,caption'"):
+        bvh.read_captions_csv(tmp_path / "bad.csv")
+    with pytest.raises(SystemExit, match="is neither a folder nor a tar archive"):
+        bvh.main(["import", "--format", "bandai", "--src", str(tmp_path / "nowhere"), "--out", str(tmp_path / "o")])
+
+
+def test_fk_command_writes_positions_and_names(bandai_clips, tmp_path):
+    path = bandai_clips / f"{BANDAI_TEST_CLIPS[0]}.bvh"
+    bvh.main(["fk", str(path), "--out", str(tmp_path / "walk.npz")])
+    saved = np.load(tmp_path / "walk.npz")
+    assert saved["positions"].shape[1:] == (22, 3) and list(saved["names"][:2]) == ["joint_Root", "Hips"]
+    np.testing.assert_array_equal(saved["positions"], bvh.forward_kinematics(bvh.read_bvh(path)))
+
+
+def test_bvh_imports_alone(tmp_path):
+    # the component copies out alone: numpy only
+    shutil.copy(REPO_ROOT / "bvh.py", tmp_path)
+    done = subprocess.run([sys.executable, "-c", "import bvh, sys; assert 'torch' not in sys.modules"],
+                          cwd=tmp_path, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
 
 
 # =====================================================================================================================

@@ -33,9 +33,9 @@ import torch
 from tqdm import tqdm
 
 from anchors import AnchorWeighting, DualAnchor, dual_anchor_loss
-from data import (DATA_ROOTS, KINDS, MAX_MOTION_LENGTH, SEED, InputError, MotionDataset, device_name, float_range,
-                  folder_path, int_range, load_checkpoint, load_weights, save_checkpoint, to_device, user_errors,
-                  write_atomic)
+from data import (BUILT_DATASETS, DATA_ROOTS, KINDS, MAX_MOTION_LENGTH, SEED, InputError, MotionDataset, device_name, float_range,
+                  folder_path, int_range, load_checkpoint, load_weights, prepare_dataset, save_checkpoint, to_device,
+                  user_errors, write_atomic)
 from diffusion import alphas_cumprod, linear_betas, masked_mse, q_sample
 from moclip import MoCLIP, WeightsUnavailable, clip_model_name, load_moclip, moclip_state, train_moclip
 from unet import PRESETS as UNET_PRESETS, UNet
@@ -67,7 +67,9 @@ def get_args(argv=None):
     positive, count, fraction = float_range(0, low_open=True), int_range(1), float_range(0, 1)
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     g = p.add_argument_group("data")
-    g.add_argument("--dataset", default="synthetic", choices=["humanml3d", "kit", "synthetic"])
+    g.add_argument("--dataset", default="synthetic", choices=list(DATA_ROOTS),
+                   help="synthetic (built in) and bandai (real mocap, imported on first use) train with the small "
+                        "preset by default")
     g.add_argument("--data-root", default=None, help="dataset folder (default: data/HumanML3D, data/KIT-ML, data/synthetic)")
     g.add_argument("--synthetic-motions", type=int_range(3), default=None,
                    help="motions in the synthetic dataset (default: the existing one, or 2000 if none)")
@@ -123,7 +125,7 @@ def get_args(argv=None):
                    help="steps between sample animations (0: never)")
     args = p.parse_args(argv)
 
-    args.preset = args.preset or ("small" if args.dataset == "synthetic" else "paper")
+    args.preset = args.preset or ("small" if args.dataset in BUILT_DATASETS else "paper")
     for key, value in PRESETS[args.preset].items():
         if getattr(args, key, None) is None:
             setattr(args, key, value)
@@ -377,10 +379,9 @@ def run(args):
     # fp32 means fp32: PyTorch would otherwise run cuDNN convolutions in TF32 by default.
     torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = args.precision != "fp32"
 
-    # Data (the synthetic set is generated on first use, by rank 0 while the others wait)
-    if args.dataset == "synthetic" and is_main:
-        from synthetic import ensure_dataset
-        ensure_dataset(args.data_root, num_motions=args.synthetic_motions)  # its own seed: one dataset for every run
+    # Data (synthetic and bandai are built on first use, by rank 0 while the others wait)
+    if is_main:
+        prepare_dataset(args.dataset, args.data_root, args.synthetic_motions)
     if world_size > 1:
         torch.distributed.barrier()
     dataset = MotionDataset(args.data_root, split="train", kind=KINDS[args.dataset], mode="train",
