@@ -30,7 +30,7 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 import train
-from data import float_range, int_range
+from data import float_range, int_range, write_atomic
 from diffusion import alphas_cumprod, linear_betas
 from moclip import PRESETS as MOCLIP_PRESETS, MoCLIP
 from sample import LUMASampler
@@ -252,9 +252,9 @@ def main(argv=None):
         _reset_peak(args.device)
     print(table(rows, args))
     out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({"device": device_name(args.device), "torch": torch.__version__, "preset": args.preset,
-                               "date": time.strftime("%Y-%m-%d"), "rows": rows}, indent=1))
+    summary = json.dumps({"device": device_name(args.device), "torch": torch.__version__, "preset": args.preset,
+                          "date": time.strftime("%Y-%m-%d"), "rows": rows}, indent=1)
+    write_atomic(out, lambda f: f.write(summary.encode()))
     print(f"wrote {out}")
     return rows
 

@@ -15,14 +15,19 @@ Retargeting maps each target joint to one source joint, or to the midpoint of tw
 converts units to metres, Z-up sources to Y-up, and resamples to the skeleton's frame rate by interpolating positions.
 data.joints_to_features turns the result into HumanML3D features exactly as for HumanML3D's own clips.
 
+Chapters: 1 reading, 2 forward kinematics, 3 retargeting, 4 units, axes and frame rate, 5 the Bandai-Namco labels
+and captions, 6 importing a dataset (and checking one), 7 command line.
 Public API (numpy only; `import bvh` works with this file alone):
-    read_bvh(path) -> BVH             forward_kinematics(bvh, end_sites=False) -> (T, J, 3) positions
-    JOINT_MAPS, read_joint_map(path)  retarget(positions, names, joint_map, target_names) -> (T, J', 3)
-    infer_scale(positions, up)        to_y_up(positions, up)         resample(positions, fps, new_fps)
-Command line (the dataset import uses data.py, imported where it is needed):
+    read_bvh(path) / parse_bvh(bytes) -> BVH          forward_kinematics(bvh, end_sites=False) -> (T, J, 3)
+    JOINT_MAPS, read_joint_map(path), retarget(positions, names, joint_map, target_names) -> (T, J', 3)
+    coincident_joints, separate_coincident_joints     infer_scale, to_y_up, resample, windows
+The dataset import and check use data.py, imported where they are needed:
+    import_dataset(sources, out, fmt, ...) -> report   ensure_bandai(out)   check_dataset(root) -> per-clip measures
+Command line:
     python bvh.py fk FILE.bvh --out positions.npz
     python bvh.py import --format bandai --src DIR_OR_TAR_XZ [--src ...] --out data/bandai
     python bvh.py import --src DIR --joint-map map.json --captions captions.csv --out data/mydata
+    python bvh.py check data/bandai
 """
 import argparse
 import json

@@ -1068,6 +1068,79 @@ def run_train_evaluator(args):
 
 
 # -----------------------------------------------------------------------------
+# 8b. Prompt checks: the README's three sample prompts, measured on the joints instead of looked at
+# -----------------------------------------------------------------------------
+
+# (prompt, the measure that decides, its threshold): what "it did what the text says" means, per prompt
+PROMPT_CHECKS = (("a person jumps", "airborne frames", 3),                       # both toes above toe_height
+                 ("a person waves with the right hand", "right / left wrist range", 2.0),
+                 ("a person walks forward then turns left", "walks and turns left", 1))
+
+
+def motion_measures(joints, toe_height=0.05):
+    """What a reader looks for in a t2m filmstrip, from joints (T, 22, 3) in metres, Y up, facing +Z at frame 0."""
+    toes = joints[:, [10, 11], 1]                                       # left_foot, right_foot heights
+    root = joints[:, 0]
+    across = joints[:, 1] - joints[:, 2]                                # left hip - right hip: the person's left
+    forward = np.cross(across, [0.0, 1.0, 0.0])
+    heading = np.unwrap(np.arctan2(forward[:, 0], forward[:, 2]))       # from +Z towards +X (the left) is positive
+    wrist_range = np.ptp(joints[:, [20, 21], 1], axis=0)                # left, right wrist height ranges
+    return {"airborne frames": int(((toes > toe_height).all(axis=1)).sum()),
+            "lowest root (m)": float(root[:, 1].min()),
+            "root travel (m)": float(np.linalg.norm(root[-1, [0, 2]] - root[0, [0, 2]])),
+            "right / left wrist range": float(wrist_range[1] / max(wrist_range[0], 1e-6)),
+            "right wrist range (m)": float(wrist_range[1]), "left wrist range (m)": float(wrist_range[0]),
+            "heading change (deg)": float(np.degrees(heading[-1] - heading[0]))}
+
+
+def prompt_checks(sampler, samples=4, frames=120, seed=0, toe_height=0.05, out=None):
+    """The three PROMPT_CHECKS, `samples` generations each (one batch, one seed) -> {prompt: [measures per sample]};
+    a sample passes when its deciding measure reaches the threshold ("walks and turns left": >= 1 m of travel and
+    a heading change of >= +45 degrees). With `out`, a filmstrip per sample too."""
+    results = {}
+    for prompt, measure, threshold in PROMPT_CHECKS:
+        results[prompt] = []
+        for i, joints in enumerate(sampler.generate([prompt] * samples, [frames] * samples, seed=seed)):
+            m = motion_measures(joints, toe_height)
+            m["walks and turns left"] = int(m["root travel (m)"] >= 1.0 and m["heading change (deg)"] >= 45)
+            m["passes"] = bool(m[measure] >= threshold)
+            results[prompt].append(m)
+            if out is not None:
+                from data import render_filmstrip
+                render_filmstrip(joints, Path(out) / f"{prompt.replace(' ', '_')}_{i}.png", title=prompt)
+    return results
+
+
+def prompt_table(results):
+    """Markdown: one row per prompt and sample with the measures, and the passes out of the samples."""
+    columns = ["airborne frames", "lowest root (m)", "root travel (m)", "right wrist range (m)", "left wrist range (m)",
+               "heading change (deg)"]
+    lines = ["| prompt | sample | " + " | ".join(columns) + " | passes |", "|---" * (len(columns) + 3) + "|"]
+    for prompt, rows in results.items():
+        for i, m in enumerate(rows):
+            cells = [f"{m[c]:.2f}" if isinstance(m[c], float) else str(m[c]) for c in columns]
+            lines.append(f"| {prompt} | {i} | " + " | ".join(cells) + f" | {'yes' if m['passes'] else 'no'} |")
+    lines.append("")
+    lines += [f"- {prompt}: {sum(m['passes'] for m in rows)} of {len(rows)} pass ({measure} >= {threshold})"
+              for (prompt, measure, threshold), rows in zip(PROMPT_CHECKS, results.values())]
+    return "\n".join(lines) + "\n"
+
+
+def run_prompts(args):
+    from sample import load_model
+    sampler = load_model(args.checkpoint, args.device)
+    results = prompt_checks(sampler, args.samples, args.frames, args.seed, args.toe_height,
+                            args.out if args.filmstrips else None)
+    table = prompt_table(results)
+    print(table)
+    write_atomic(Path(args.out) / "prompts.md", lambda f: f.write(table.encode()))
+    write_atomic(Path(args.out) / "prompts.json", lambda f: f.write(json.dumps(
+        {"checkpoint": str(args.checkpoint), "toe_height": args.toe_height, "results": results}, indent=1).encode()))
+    print(f"wrote {Path(args.out) / 'prompts.md'} and prompts.json" + (" and the filmstrips" if args.filmstrips else ""))
+    return results
+
+
+# -----------------------------------------------------------------------------
 # 9. Command line
 # -----------------------------------------------------------------------------
 
@@ -1214,6 +1287,15 @@ def get_args(argv=None):
     p.add_argument("--split", default="train", choices=["train", "val", "test", "train_val", "all"])
     p.add_argument("--k", type=int_range(1, 196), default=64, help="shaded low-frequency band (the paper's k), 1..196")
     _add_run_args(p, "runs/spectrum")
+    p = sub.add_parser("prompts", help="the README's three sample prompts, each generated --samples times, measured "
+                                       "on the joints: airborne frames, root travel, wrist ranges, heading change")
+    p.add_argument("--checkpoint", required=True, help="a train.py final.pt")
+    p.add_argument("--samples", type=int_range(1, 64), default=4, help="samples per prompt (one batch, one seed)")
+    p.add_argument("--frames", type=int_range(41, 196), default=120, help="frames per sample (120 = 6 s)")
+    p.add_argument("--toe-height", type=float_range(0, low_open=True), default=0.05,
+                   help="both toes above this (m) make a frame airborne")
+    p.add_argument("--filmstrips", action="store_true", help="also write a filmstrip PNG per sample")
+    _add_run_args(p, "runs/prompts")
     args = parser.parse_args(argv)
     p = sub.choices[args.command]
     if args.command == "t2m" and args.checkpoint is None and not args.real_only:
@@ -1228,7 +1310,7 @@ def main(argv=None):
     args = get_args(argv)                          # usage errors: the usage line and exit status 2, before any work
     with user_errors():                            # expected errors: one paragraph, exit status 1; bugs: a traceback
         return {"gradflow": run_gradflow, "spectrum": run_spectrum, "t2m": run_t2m, "moclip": run_moclip,
-                "train-evaluator": run_train_evaluator}[args.command](args)
+                "train-evaluator": run_train_evaluator, "prompts": run_prompts}[args.command](args)
 
 
 if __name__ == "__main__":
