@@ -109,11 +109,11 @@ def build(args, mode):
 
 
 def random_batch(batch_size, device, seed=0):
-    """Random normalised motions, lengths in [40, 196] on the host, and captions: (x0, lengths, captions)."""
+    """Random normalised motions, lengths in [40, 196] on the host, captions, and no cache keys (as train.get_batch)."""
     g = torch.Generator().manual_seed(seed)
     x0 = torch.randn(batch_size, FRAMES, MOTION_DIM, generator=g).to(device)
     lengths = torch.randint(40, FRAMES + 1, (batch_size,), generator=g)
-    return x0, lengths, [CAPTIONS[i % len(CAPTIONS)] for i in range(batch_size)]
+    return x0, lengths, [CAPTIONS[i % len(CAPTIONS)] for i in range(batch_size)], [None] * batch_size
 
 
 def timed(fn, steps, warmup, device):
@@ -143,15 +143,15 @@ def bench_train(args, mode):
     ema_unet = copy.deepcopy(model.unet).eval().requires_grad_(False)
     abar = alphas_cumprod(linear_betas(1000)).to(args.device)
     batch = random_batch(run.batch_size, args.device)
+    features = train.FrozenFeatures(moclip, moclip, cache=False)     # the whole step: both frozen towers run
     forward = torch.compile(model) if run.compile else model
     step = [0]
 
     def one_step():
-        train.train_step(run, model, forward, optimizer, ema_unet, moclip, moclip, abar, batch, step[0])
+        train.train_step(run, model, forward, optimizer, ema_unet, features, abar, batch, step[0])
         step[0] += 1
 
-    flops = count_flops(lambda: train.train_step(run, model, model, optimizer, ema_unet, moclip, moclip, abar, batch,
-                                                 0))
+    flops = count_flops(lambda: train.train_step(run, model, model, optimizer, ema_unet, features, abar, batch, 0))
     _reset_peak(args.device)
     ms = timed(one_step, args.steps, args.warmup, args.device)
     return dict(what="train", mode=mode, batch=run.batch_size, ms=ms, flops=flops, peak_gib=_peak_gib(args.device),

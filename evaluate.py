@@ -1155,7 +1155,7 @@ def run_gradflow(args):
         checkpoint = Path(run) / "checkpoint.pt" if Path(run).is_dir() else Path(run)
         model, text_encoder, config = load_training_run(checkpoint, device)
         dataset = MotionDataset(config.data_root, split="train", kind=KINDS[config.dataset], feat_bias=config.feat_bias)
-        x0, lengths, captions = get_batch(dataset, 0, args.batch_size, args.seed, device)
+        x0, lengths, captions, _ = get_batch(dataset, 0, args.batch_size, args.seed, device)
         with torch.no_grad():
             text_tokens = text_encoder.encode_text_tokens(captions)
             target = None

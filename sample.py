@@ -106,8 +106,9 @@ class LUMASampler:
 LUMA_WRITER = "train.py (runs/<run>/final.pt)"
 
 
-def load_model(path, device=None):
-    """A LUMASampler from a checkpoint written by train.py (final.pt or checkpoint.pt); needs nothing else."""
+def load_model(path, device=None, compile=False):
+    """A LUMASampler from a checkpoint written by train.py (final.pt or checkpoint.pt); needs nothing else.
+    compile: torch.compile the UNet (the first call compiles, about a minute on a CPU; later calls are faster)."""
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     state = load_checkpoint(path, "a LUMA checkpoint", LUMA_WRITER, fmt="luma",
                             keys=("unet_config", "unet", "text_encoder", "mean", "std", "kind"))
@@ -118,7 +119,10 @@ def load_model(path, device=None):
                          f"was written by another version of train.py") from None
     load_weights(unet, state["unet"], path, "UNet")
     text_encoder = moclip_from_state(state["text_encoder"], source=path).to(device)
-    return LUMASampler(unet.to(device), text_encoder, state["mean"].numpy(), state["std"].numpy(), state["kind"])
+    sampler = LUMASampler(unet.to(device), text_encoder, state["mean"].numpy(), state["std"].numpy(), state["kind"])
+    if compile:
+        sampler.unet = torch.compile(sampler.unet)           # encode_text and the config pass through unchanged
+    return sampler
 
 
 def _check_request(texts, lengths):
@@ -177,6 +181,9 @@ def get_args(argv=None):
     p.add_argument("--no-karras", action="store_true", help="uniform instead of Karras time steps")
     p.add_argument("--precision", default="fp32", choices=list(PRECISIONS),
                    help="bf16 / fp16: autocast the networks on a CUDA GPU (faster; the solver state stays fp32)")
+    p.add_argument("--compile", action="store_true",
+                   help="torch.compile the UNet: the first batch compiles (about a minute on a CPU), so it pays "
+                        "for many samples or a long --text-file")
     p.add_argument("--out", type=folder_path, default="samples", help="output folder")
     p.add_argument("--device", type=device_name, default=None, help="cuda or cpu (default: cuda if available)")
     args = p.parse_args(argv)
@@ -191,7 +198,7 @@ def get_args(argv=None):
 def main(argv=None):
     args = get_args(argv)                          # usage errors: the usage line and exit status 2, before any work
     with user_errors():                            # expected errors: one paragraph, exit status 1; bugs: a traceback
-        model = load_model(args.checkpoint, args.device)
+        model = load_model(args.checkpoint, args.device, compile=args.compile)
         fps = SKELETONS[model.kind].fps
         seconds = 6.0 if args.seconds is None else args.seconds
         default_frames = round(seconds * fps)
