@@ -34,6 +34,7 @@ import json
 import math
 import re
 import sys
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -610,7 +611,6 @@ def import_dataset(sources, out, fmt="bandai", joint_map=None, captions=None, ki
     fmt "bandai": the Bandai-Namco rig, captions from the labels in the file names, long continuous clips split into
     windows. fmt "generic": `joint_map` (a dict or a JSON path) and `captions` ({file stem: [captions]} or a CSV
     path). A bad file is skipped with a warning naming it; everything dropped is counted in the report."""
-    import time
     import warnings
     from tqdm import tqdm
     from data import DatasetWriter, SKELETONS, tokenize
@@ -766,7 +766,252 @@ def format_check(values):
 
 
 # ---------------------------------------------------------------------------------------------------------------------
-# 7. Command line
+# 7. Writing BVH: joint positions -> a rig with fixed bone lengths and per-joint rotations, for animation tools
+
+# Joint names of the exported rig: SMPL's (data.SKELETONS["t2m"].joint_names, in that order) or Mixamo's, so that the
+# file retargets onto Mixamo characters in Blender's and Unity's tools.
+MIXAMO_NAMES = ("Hips", "LeftUpLeg", "RightUpLeg", "Spine", "LeftLeg", "RightLeg", "Spine1", "LeftFoot", "RightFoot",
+                "Spine2", "LeftToeBase", "RightToeBase", "Neck", "LeftShoulder", "RightShoulder", "Head", "LeftArm",
+                "RightArm", "LeftForeArm", "RightForeArm", "LeftHand", "RightHand")
+
+# How each t2m joint's twist is fixed (see solve_rotations): (joint, rest direction of the secondary axis, how the
+# current one is found). "across hips" / "across collars": from the right to the left joint of the pair; "bend
+# <joint>": the direction of that joint seen from the bone, perpendicular to the bone (a limb's bending plane).
+_T2M_TWIST = {3: ((1, 0, 0), ("across", 1, 2)), 6: ((1, 0, 0), ("across", 13, 14)), 12: ((1, 0, 0), ("across", 13, 14)),
+              13: ((-1, 0, 0), ("bend", 12)), 14: ((1, 0, 0), ("bend", 12)),    # collars: the neck's side
+              16: ((0, 0, 1), ("bend", 20)), 17: ((0, 0, 1), ("bend", 21)),     # shoulders: the forearm's side
+              18: ((0, 0, 1), ("bend", 16)), 19: ((0, 0, 1), ("bend", 17)),     # elbows: the upper arm's side
+              1: ((0, 0, -1), ("bend", 7)), 2: ((0, 0, -1), ("bend", 8)),       # hips: the shin's side
+              4: ((0, 0, -1), ("bend", 1)), 5: ((0, 0, -1), ("bend", 2)),       # knees: the thigh's side
+              7: ((0, 1, 0), ("bend", 4)), 8: ((0, 1, 0), ("bend", 5))}         # ankles: the knee's side
+_T2M_LIMBS = ((1, 4, 7), (2, 5, 8), (16, 18, 20), (17, 19, 21))              # (root, middle, end) of two-bone IK
+
+
+def humanml3d_rig(names="smpl", joints=None):
+    """The HumanML3D target skeleton as a BVH rig: (joint names, parents, offsets (J, 3) in metres at rest): data.py's
+    bone lengths along its raw offset directions, the rest pose facing +Z, Y up. The children of the pelvis (hips,
+    spine1) and of spine3 (neck, collars) move as rigid groups, in the layout of the body the motion came from
+    (SMPL's hips sit below the pelvis): with `joints` (T, 22, 3) their rest directions are that layout, measured
+    on the motion (see _rest_layout), so that one rotation per group reproduces it."""
+    from data import SKELETONS
+    skeleton = SKELETONS["t2m"]
+    offsets = np.array(skeleton.raw_offsets, dtype=np.float64) * np.array(skeleton.bone_lengths)[:, None]
+    if names not in ("smpl", "mixamo"):
+        raise BVHError(f"joint names must be 'smpl' or 'mixamo', got {names!r}")
+    if joints is not None:
+        for parent, left, right, up in ((0, 1, 2, 3), (9, 13, 14, 12)):       # pelvis: hips + spine1; spine3
+            for child, direction in _rest_layout(joints, parent, left, right, up).items():
+                offsets[child] = np.linalg.norm(offsets[child]) * direction
+    return (list(skeleton.joint_names if names == "smpl" else MIXAMO_NAMES), list(skeleton.parents), offsets)
+
+
+def _rest_layout(joints, parent, left, right, up):
+    """The rest directions {child: (3,)} of a joint's three children (a left, a right and an upper one) as the motion
+    holds them: in each frame, expressed in the frame of the group itself (x from the right child to the left one,
+    y towards the upper child, z = x cross y forward), averaged over the frames, so that the rest pose faces +Z."""
+    frames = _frames(joints[:, left] - joints[:, right], joints[:, up] - joints[:, parent])   # (T, 3, 3) left, up, forward
+    return {c: _unit(np.einsum("tba,tb->a", frames, _unit(joints[:, c] - joints[:, parent])) / len(joints))
+            for c in (left, right, up)}
+
+
+def _unit(v):
+    return v / np.maximum(np.linalg.norm(v, axis=-1, keepdims=True), 1e-12)
+
+
+def _frames(primary, secondary):
+    """Right-handed orthonormal frames (..., 3, 3) whose columns are the primary axis, the secondary axis made
+    perpendicular to it, and their cross product (Gram-Schmidt)."""
+    a = _unit(primary)
+    b = _unit(secondary - (secondary * a).sum(-1, keepdims=True) * a)
+    return np.stack([a, b, np.cross(a, b)], axis=-1)
+
+
+def _continuous_side(direction, axis, trust, start=None):
+    """Unit vectors (T, 3) perpendicular to `axis` (T, 3): on the side of `direction` (T, 3) where it can be trusted
+    (trust (T,) = 1), turning with the previous frame's side where it cannot (0: e.g. a nearly straight limb, whose
+    bending side is noise), blended in between; so it is continuous in time and never flips. `start` (T, 3): the side
+    to begin with where frame 0 gives none."""
+    axis = _unit(axis)
+    perp = direction - (direction * axis).sum(-1, keepdims=True) * axis
+    side = np.zeros_like(perp)
+    previous = (start[0] if start is not None else np.array([0.0, 0.0, 1.0])) + 1e-6 * perp[0]
+    for t in range(len(perp)):
+        kept = previous - (previous @ axis[t]) * axis[t]
+        side[t] = _unit(trust[t] * _unit(perp[t]) + (1 - trust[t]) * _unit(kept))
+        previous = side[t]
+    return side
+
+
+def _kabsch(rest, current):
+    """Rotations (T, 3, 3) that best turn the rest vectors (K, 3) onto the current ones (T, K, 3), least squares."""
+    H = np.einsum("tkc,kr->tcr", current, rest)
+    U, _, Vt = np.linalg.svd(H)
+    d = np.sign(np.linalg.det(U @ Vt))
+    return U @ np.diag([1.0, 1.0, 0.0]) @ Vt + d[:, None, None] * np.einsum("ti,tj->tij", U[:, :, 2], Vt[:, 2])
+
+
+def _two_bone(root, target, pole, upper, lower):
+    """The middle joint (T, 3) of a two-bone limb from `root` with bone lengths upper, lower that puts its end on
+    `target` where it can reach, bending in the plane of root, target and `pole` (the motion's own middle joint)."""
+    reach = target - root
+    distance = np.clip(np.linalg.norm(reach, axis=-1, keepdims=True), abs(upper - lower) + 1e-9, upper + lower - 1e-9)
+    along = _unit(reach)
+    x = (upper ** 2 - lower ** 2 + distance ** 2) / (2 * distance)          # law of cosines
+    bend = np.sqrt(np.maximum(upper ** 2 - x ** 2, 0.0))                  # how far the middle joint leaves the line
+    off_line = np.linalg.norm((pole - root) - ((pole - root) * along).sum(-1, keepdims=True) * along, axis=-1)
+    # The motion's own middle joint gives the bending side, unless it bends much less than the rig must (its bones
+    # are shorter than the rig's): then its side is noise, and the previous frame's side is kept.
+    side = _continuous_side(pole - root, along, np.clip(off_line / np.maximum(0.5 * bend[:, 0], 1e-9), 0.0, 1.0))
+    return root + x * along + bend * side
+
+
+def solve_rotations(joints, parents, offsets, twist=None, limbs=()):
+    """Joint positions (T, J, 3) -> world rotations (T, J, 3, 3) of a rig with fixed offsets, and the rig's own
+    positions (T, J, 3) (forward kinematics of those rotations).
+
+    Positions are the source of truth. Going down the tree, each joint's world rotation R_j is chosen so that
+        R_j o_c = (p_c - q_j) / |p_c - q_j| * |o_c|     for its child c   (q: the rig's positions, p: the motion's)
+    i.e. it turns the rest direction of the bone onto its direction in the frame. A joint with several children
+    (the pelvis, spine3) takes the rotation that fits all of them best (Kabsch: the SVD of sum_c d_c o_c^T). For one
+    child, the twist about the bone, which positions do not fix, comes from a secondary axis (`twist`: joint ->
+    (its rest direction, how the current one is found from neighbouring joints)): R_j = F_now F_rest^T with
+    F = [bone, secondary made perpendicular, their cross product]. Where the secondary axis nearly lies along the
+    bone (a straight limb) it keeps turning with the previous frame's (_continuous_side), so the twist never flips
+    between frames; the IK's bending side is kept steady the same way. A leaf keeps its parent's rotation. Bone lengths are the rig's: on motions whose bones already have
+    these lengths the rig reproduces every position to float precision; otherwise the two-bone limbs in `limbs`
+    ((root, middle, end) joints) are solved by IK so that the hands and feet stay where the motion puts them as far
+    as the fixed lengths allow."""
+    T, J, _ = joints.shape
+    twist = twist or {}
+    children = {j: [c for c in range(J) if parents[c] == j] for j in range(J)}
+    targets = joints.copy()                                   # where each joint's bone should point
+    middle_of = {mid: (root, end) for root, mid, end in limbs}
+    rotations = np.zeros((T, J, 3, 3))
+    rig = np.zeros_like(joints)
+    rig[:, 0] = joints[:, 0]
+    placed = {0}                                              # joints whose rig position is known
+    where = lambda k: rig[:, k] if k in placed else targets[:, k]   # the rig's, else where the motion wants it
+    for j in range(J):                                        # parents before children (t2m and BVH order)
+        kids = children[j]
+        if not kids:                                          # a leaf: nothing below fixes its rotation
+            rotations[:, j] = rotations[:, parents[j]] if parents[j] >= 0 else np.eye(3)
+            continue
+        for c in kids:
+            if c in middle_of:                                # the knee or elbow below a hip or shoulder: by IK
+                root, end = middle_of[c]
+                targets[:, c] = _two_bone(rig[:, j], joints[:, end], joints[:, c],
+                                          np.linalg.norm(offsets[c]), np.linalg.norm(offsets[end]))
+        if len(kids) > 1:
+            rest = np.stack([_unit(offsets[c]) for c in kids])
+            rotations[:, j] = _kabsch(rest, np.stack([_unit(targets[:, c] - rig[:, j]) for c in kids], axis=1))
+        else:
+            c = kids[0]
+            rest_secondary, how = twist.get(j, ((0, 0, 1), ("across", 1, 2)))
+            if how[0] == "across":
+                secondary = where(how[1]) - where(how[2])
+            else:
+                secondary = where(how[1]) - rig[:, j]
+            bone = targets[:, c] - rig[:, j]
+            sine = np.linalg.norm(np.cross(_unit(secondary), _unit(bone)), axis=-1)
+            start = rotations[:, 0] @ np.asarray(rest_secondary, dtype=np.float64)   # the pelvis' own axis
+            secondary = _continuous_side(secondary, bone, np.clip(sine / 0.2, 0.0, 1.0), start)
+            rest = _frames(np.asarray(offsets[c], dtype=np.float64), np.asarray(rest_secondary, dtype=np.float64))
+            rotations[:, j] = _frames(bone, secondary) @ rest.T
+        for c in kids:
+            rig[:, c] = rig[:, j] + np.einsum("tab,b->ta", rotations[:, j], offsets[c])
+            placed.add(c)
+    return rotations, rig
+
+
+def _euler_zxy(R):
+    """Angles (T, ..., 3) in degrees (z, x, y) with R = Rz(z) Rx(x) Ry(y), the BVH order Zrotation Xrotation
+    Yrotation, continuous in time: each rotation has two such triples, (z, x, y) and (z + 180, 180 - x, y + 180), and
+    a multiple of 360 to add to each angle; every frame takes the one nearest the frame before."""
+    x = np.arcsin(np.clip(R[..., 2, 1], -1.0, 1.0))
+    z = np.arctan2(-R[..., 0, 1], R[..., 1, 1])
+    y = np.arctan2(-R[..., 2, 0], R[..., 2, 2])
+    first = np.degrees(np.stack([z, x, y], axis=-1))
+    second = first * np.array([1.0, -1.0, 1.0]) + np.array([180.0, 180.0, 180.0])
+    angles = first.copy()
+    for t in range(1, len(angles)):
+        candidates = np.stack([first[t], second[t]])                                  # (2, ..., 3)
+        candidates = candidates - 360.0 * np.round((candidates - angles[t - 1]) / 360.0)   # nearest multiple
+        distance = np.abs(candidates - angles[t - 1]).sum(-1)                          # (2, ...)
+        angles[t] = np.where((distance[0] <= distance[1])[..., None], candidates[0], candidates[1])
+    return angles
+
+
+def write_bvh(path, joints, names="smpl", scale=1.0, fps=20.0):
+    """Write HumanML3D joints (T, 22, 3), metres, Y up, as a BVH file atomically -> (path, rig positions (T, 22, 3)).
+
+    The rig is the HumanML3D target skeleton (humanml3d_rig) with SMPL or Mixamo joint names; the root has 6 channels
+    (position, then Zrotation Xrotation Yrotation), every other joint 3; angles are unwrapped over time (no 360 degree
+    jumps between frames); scale multiplies lengths (100: centimetres). See solve_rotations for the method."""
+    joints = np.asarray(joints, dtype=np.float64)
+    if joints.ndim != 3 or joints.shape[1:] != (22, 3) or len(joints) < 1:
+        raise BVHError(f"write_bvh expects HumanML3D joints (T, 22, 3) in metres, got shape {joints.shape}")
+    if not np.isfinite(joints).all():
+        raise BVHError("write_bvh: the joints hold NaN or inf")
+    if not (math.isfinite(scale) and scale > 0 and math.isfinite(fps) and fps > 0):
+        raise BVHError(f"write_bvh: scale and fps must be finite and > 0, got {scale}, {fps}")
+    joint_names, parents, offsets = humanml3d_rig(names, joints)
+    rotations, rig = solve_rotations(joints, parents, offsets, _T2M_TWIST, _T2M_LIMBS)
+    local = rotations.copy()
+    for j, parent in enumerate(parents):
+        if parent >= 0:
+            local[:, j] = np.swapaxes(rotations[:, parent], -1, -2) @ rotations[:, j]    # R_parent^T R_j
+    angles = _euler_zxy(local)                                                          # (T, J, 3), continuous
+    lines = ["HIERARCHY"]
+    children = {j: [c for c in range(len(parents)) if parents[c] == j] for j in range(len(parents))}
+
+    def emit(j, depth):
+        pad = "  " * depth
+        lines.append(f"{pad}{'ROOT' if parents[j] < 0 else 'JOINT'} {joint_names[j]}")
+        lines.append(f"{pad}{{")
+        offset = np.zeros(3) if parents[j] < 0 else offsets[j] * scale
+        lines.append(f"{pad}  OFFSET {offset[0]:.6f} {offset[1]:.6f} {offset[2]:.6f}")
+        lines.append(f"{pad}  CHANNELS " + ("6 Xposition Yposition Zposition " if parents[j] < 0 else "3 ")
+                     + "Zrotation Xrotation Yrotation")
+        for c in children[j]:
+            emit(c, depth + 1)
+        if not children[j]:                                   # an End Site along the leaf's own bone
+            end = 0.5 * offsets[j] * scale
+            lines.extend([f"{pad}  End Site", f"{pad}  {{", f"{pad}    OFFSET {end[0]:.6f} {end[1]:.6f} {end[2]:.6f}",
+                          f"{pad}  }}"])
+        lines.append(f"{pad}}}")
+    emit(0, 0)
+    order = [j for j in _tree_order(parents)]
+    lines += ["MOTION", f"Frames: {len(joints)}", f"Frame Time: {1.0 / fps:.8f}"]
+    for t in range(len(joints)):
+        values = list(rig[t, 0] * scale) + [a for j in order for a in angles[t, j]]
+        lines.append(" ".join(f"{v:.6f}" for v in values))
+    text = "\n".join(lines) + "\n"
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp.write_text(text)
+        tmp.replace(path)
+    except OSError as error:
+        if tmp.is_file():
+            tmp.unlink()
+        raise BVHError(f"could not write {path}: {error.strerror or error}") from None
+    return path, rig
+
+
+def _tree_order(parents):
+    """Joint indices in the order a BVH writes them: depth first, children in index order."""
+    children = {j: [c for c in range(len(parents)) if parents[c] == j] for j in range(len(parents))}
+    stack, order = [j for j in range(len(parents)) if parents[j] < 0][::-1], []
+    while stack:
+        j = stack.pop()
+        order.append(j)
+        stack.extend(reversed(children[j]))
+    return order
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# 8. Command line
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -787,14 +1032,24 @@ def main(argv=None):
     im.add_argument("--scale", type=float, default=None,
                     help="metres per file unit (default: inferred from the standing height, e.g. 0.01 for cm)")
     im.add_argument("--up", choices=["y", "z"], default="y", help="the files' up axis (default y)")
+    ex = sub.add_parser("export", help="HumanML3D joints (T, 22, 3), metres, 20 fps -> a BVH file for animation tools")
+    ex.add_argument("--joints", required=True, help="a (T, 22, 3) .npy: sample.py's <name>_joints.npy, a dataset's "
+                                                    "new_joints/<id>.npy, another model's output")
+    ex.add_argument("--out", required=True, help="the .bvh file to write")
+    ex.add_argument("--names", choices=["smpl", "mixamo"], default="smpl",
+                    help="joint names: SMPL's (pelvis, left_hip, ...) or Mixamo's (Hips, LeftUpLeg, ...)")
+    ex.add_argument("--scale", type=float, default=1.0, help="length unit: 1 = metres (default), 100 = centimetres")
     ck = sub.add_parser("check", help="plausibility of every clip of an imported dataset: a table of distributions")
     ck.add_argument("root", help="the dataset folder, e.g. data/bandai")
     ck.add_argument("--skeleton", choices=["t2m", "kit"], default="t2m")
     args = p.parse_args(argv)
     if args.command == "fk" and not args.out.endswith(".npz"):
         p.error(f"--out {args.out}: positions are written as .npz; pass a path ending in .npz")
-    if args.command == "import" and args.scale is not None and not (math.isfinite(args.scale) and args.scale > 0):
-        p.error(f"--scale must be a finite number > 0 (metres per file unit), got {args.scale}")
+    if args.command in ("import", "export") and args.scale is not None and not (math.isfinite(args.scale)
+                                                                              and args.scale > 0):
+        p.error(f"--scale must be a finite number > 0, got {args.scale}")
+    if args.command == "export" and not args.out.endswith(".bvh"):
+        p.error(f"--out {args.out}: pass a path ending in .bvh")
     try:
         if args.command == "fk":
             bvh = read_bvh(args.file)
@@ -805,6 +1060,20 @@ def main(argv=None):
             print(f"wrote {args.out}: positions {positions.shape} ({len(bvh.names)} joints, {len(positions)} frames "
                   f"at {bvh.fps:g} fps) and names")
             return positions
+        if args.command == "export":
+            try:
+                joints = np.load(args.joints, allow_pickle=False)
+            except (OSError, ValueError, EOFError) as error:
+                reason = "not a .npy array" if "pickle" in str(error) else str(error)
+                raise BVHError(f"cannot read {args.joints} as joints (T, 22, 3) in a .npy file: {reason}") from None
+            humanml3d_rig()                                   # imports data.py (and torch) before the clock starts
+            start = time.time()
+            path, rig = write_bvh(args.out, joints, args.names, args.scale)
+            error = np.linalg.norm(rig - joints, axis=-1)
+            print(f"wrote {path}: {len(joints)} frames at 20 fps, {args.names} joint names; the rig's fixed bone "
+                  f"lengths move joints by {np.median(error) * 1000:.2f} mm median, {error.max() * 1000:.2f} mm at "
+                  f"most ({time.time() - start:.2f} s)")
+            return path
         if args.command == "check":
             values = check_dataset(args.root, args.skeleton)
             print(f"{len(next(iter(values.values())))} clips of {args.root} (mirrors included)\n{format_check(values)}")

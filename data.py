@@ -1285,7 +1285,8 @@ def write_atomic(path, write):
             write(f)
         os.replace(tmp, path)
     except OSError as error:
-        tmp.unlink(missing_ok=True)
+        if tmp.is_file():
+            tmp.unlink()
         raise InputError(f"could not write {path}: {error.strerror or error}") from None
     return path
 

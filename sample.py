@@ -84,8 +84,11 @@ class LUMASampler:
         """texts list[str], lengths list[int] (frames) -> list of joints (length_i, J, 3)."""
         return [features_to_joints(f, self.kind) for f in self.generate_features(texts, lengths, **kwargs)]
 
-    def write(self, texts, lengths, folder, num_samples=1, **kwargs):
-        """Generate and write features, joints, a GIF and a filmstrip per sample; returns the written paths."""
+    def write(self, texts, lengths, folder, num_samples=1, bvh_names=None, bvh_scale=1.0, **kwargs):
+        """Generate and write features, joints, a GIF and a filmstrip per sample, and with bvh_names ("smpl" or
+        "mixamo") a BVH file for animation tools (bvh.write_bvh; bvh_scale 100 = centimetres); returns the paths."""
+        if bvh_names is not None and self.kind != "t2m":
+            raise InputError(f"BVH export writes the HumanML3D (t2m) rig; this checkpoint's skeleton is {self.kind!r}")
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
         seed = kwargs.pop("seed", 0)
@@ -99,6 +102,9 @@ class LUMASampler:
                 np.save(folder / f"{name}_joints.npy", joints)
                 render_animation(joints, folder / f"{name}.gif", kind=self.kind, title=text)
                 render_filmstrip(joints, folder / f"{name}.png", kind=self.kind, title=text)
+                if bvh_names is not None:
+                    from bvh import write_bvh
+                    write_bvh(folder / f"{name}.bvh", joints, bvh_names, bvh_scale)
                 written.append(folder / name)
         return written
 
@@ -181,6 +187,11 @@ def get_args(argv=None):
     p.add_argument("--no-karras", action="store_true", help="uniform instead of Karras time steps")
     p.add_argument("--precision", default="fp32", choices=list(PRECISIONS),
                    help="bf16 / fp16: autocast the networks on a CUDA GPU (faster; the solver state stays fp32)")
+    p.add_argument("--bvh", action="store_true", help="also write <name>.bvh beside each sample (Blender, Unity, ...)")
+    p.add_argument("--bvh-names", choices=["smpl", "mixamo"], default="smpl",
+                   help="the BVH's joint names: SMPL's (pelvis, left_hip, ...) or Mixamo's (Hips, LeftUpLeg, ...)")
+    p.add_argument("--bvh-scale", type=float_range(0, low_open=True), default=1.0,
+                   help="BVH length unit: 1 = metres, 100 = centimetres")
     p.add_argument("--compile", action="store_true",
                    help="torch.compile the UNet: the first batch compiles (about a minute on a CPU), so it pays "
                         "for many samples or a long --text-file")
@@ -197,7 +208,8 @@ def get_args(argv=None):
 
 def main(argv=None):
     args = get_args(argv)                          # usage errors: the usage line and exit status 2, before any work
-    with user_errors():                            # expected errors: one paragraph, exit status 1; bugs: a traceback
+    from bvh import BVHError
+    with user_errors(BVHError):                    # expected errors: one paragraph, exit status 1; bugs: a traceback
         model = load_model(args.checkpoint, args.device, compile=args.compile)
         fps = SKELETONS[model.kind].fps
         seconds = 6.0 if args.seconds is None else args.seconds
@@ -212,10 +224,12 @@ def main(argv=None):
             lengths = [n if n is not None else default_frames for n in lengths]
         _check_request(texts, lengths)
         written = model.write(texts, lengths, args.out, num_samples=args.num_samples, seed=args.seed,
+                              bvh_names=args.bvh_names if args.bvh else None, bvh_scale=args.bvh_scale,
                               guidance=args.guidance, steps=args.steps, sampler=args.sampler,
                               karras=not args.no_karras, precision=args.precision)
         for name in written:
-            print(f"wrote {name}.npy (features), {name.name}_joints.npy, {name.name}.gif, {name.name}.png")
+            print(f"wrote {name}.npy (features), {name.name}_joints.npy, {name.name}.gif, {name.name}.png"
+                  + (f", {name.name}.bvh" if args.bvh else ""))
         return written
 
 
