@@ -11,7 +11,7 @@ The anchors act in training only; sampling never runs them.
 Public API
     dct_matrix(n, dtype, device) -> (n, n)    dct(x, dim) / idct(x, dim)    lowfreq_dct(x0 (B, T, D), k) -> (B, k, D)
     FiLM(cond_dim, feature_dim)               FrequencyProjector (P_theta), TemporalProjector (Q_theta)
-    DualAnchor(channels, motion_dim, anchor_frames, anchor_dim, ...) -> (z_fre, z_tem)
+    DualAnchor(channels, motion_dim, anchor_frames, anchor_dim, ...)(h, e(t), valid) -> (z_fre, z_tem)
     frequency_anchor_loss, temporal_anchor_loss, dual_anchor_loss
     cosine_anchor_weight(step, decay_steps)   AnchorWeighting(kind, decay_steps)   (Eq. 11 and Table 4)
 """
@@ -22,8 +22,6 @@ import math
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-
-from unet import timestep_embedding
 
 # ---------------------------------------------------------------------------------------------------------------------
 # DCT-II (App. F)
@@ -131,15 +129,17 @@ class DualAnchor(nn.Module):
         self.tem_proj = TemporalProjector(channels, anchor_dim, hidden) if use_tem else None
         self.tem_film = FiLM(time_dim, anchor_dim) if use_tem and use_film else None        # F_psi'
 
-    def forward(self, h, t, valid=None):
-        """h (B, C, T'), t (B,) long, valid (B, T') bool -> z_fre (B, k, d_m) or None, z_tem (B, D_a) or None."""
+    def forward(self, h, e, valid=None):
+        """h (B, C, T'), e (B, time_dim) = e(t), the sinusoidal embedding of the timestep (unet.timestep_embedding;
+        FiLM's input, Eq. 4-5), valid (B, T') bool -> z_fre (B, k, d_m) or None, z_tem (B, D_a) or None."""
         if h.shape[-1] != self.anchor_frames:
             raise ValueError(f"DualAnchor: h has {h.shape[-1]} frames but the frequency projector maps exactly "
                              f"{self.anchor_frames} (the training window at the tap block); train on full windows")
         if valid is None:
             valid = torch.ones(h.shape[0], h.shape[-1], dtype=torch.bool, device=h.device)
-        use_film = self.freq_film is not None or self.tem_film is not None
-        e = timestep_embedding(t, self.time_dim).to(h.dtype) if use_film else None  # e(t) (B, d_emb), sinusoidal
+        if e.shape != (h.shape[0], self.time_dim):
+            raise ValueError(f"DualAnchor: e(t) has shape {tuple(e.shape)}, expected ({h.shape[0]}, {self.time_dim})")
+        e = e.to(h.dtype)
 
         z_fre = z_tem = None
         if self.freq_proj is not None:
@@ -199,11 +199,14 @@ class AnchorWeighting(nn.Module):
     """zeta(n) for Eq. (10): 'cosine' (Eq. 11, the paper's), 'static' (1 throughout), 'learnable' (Table 4).
 
     Use: zeta = weighting(step); loss = L_DDPM + weighting.weigh(zeta, lambda_fre L_fre + lambda_tem L_tem).
-    'learnable' is one global weight zeta = exp(-s) with Kendall et al.'s uncertainty term: weigh() returns
-    exp(-s) L + s, whose optimum exp(-s) = 1 / L cannot collapse to zero as a bare learnable factor on L would.
+    'learnable' is one global weight zeta = sigmoid(w) in (0, 1), starting at 0.99 (w = logit 0.99): like Eq. (11)'s
+    schedule it starts near 1 and can only fall. Its gradient is sigmoid'(w) * L_anchor > 0, so the optimiser lowers
+    zeta as fast as the anchor losses are worth lowering; the bound keeps it from running away (an unbounded
+    exp(-s) with Kendall et al.'s +s term has its optimum at zeta = 1 / L and grows as the anchor losses fall).
     """
 
     KINDS = ("cosine", "static", "learnable")
+    LEARNABLE_START = 0.99                            # zeta at step 0 for 'learnable'
 
     def __init__(self, kind="cosine", decay_steps=30_000):
         super().__init__()
@@ -212,8 +215,9 @@ class AnchorWeighting(nn.Module):
         if kind == "cosine" and decay_steps <= 0:
             raise ValueError(f"AnchorWeighting: decay_steps N of Eq. (11) must be positive, got {decay_steps}")
         self.kind, self.decay_steps = kind, decay_steps
-        # Paper is silent here; see README "Choices"
-        self.log_var = nn.Parameter(torch.zeros(())) if kind == "learnable" else None   # s; zeta = exp(-s) = 1 at start
+        # Paper is silent here (Table 4 names the row only); see README "Choices"
+        start_logit = math.log(self.LEARNABLE_START / (1 - self.LEARNABLE_START))
+        self.logit = nn.Parameter(torch.tensor(start_logit)) if kind == "learnable" else None   # w; zeta = sigmoid(w)
 
     def forward(self, step):
         """zeta(n) at training step n (0-d tensor; carries a gradient for 'learnable')."""
@@ -221,12 +225,11 @@ class AnchorWeighting(nn.Module):
             return torch.tensor(cosine_anchor_weight(step, self.decay_steps))    # Eq. (11)
         if self.kind == "static":
             return torch.tensor(1.0)                                              # Table 4 "static (fixed)"
-        return torch.exp(-self.log_var)
+        return torch.sigmoid(self.logit)                                         # Table 4 "learnable (global)"
 
     def weigh(self, zeta, anchor_loss):
-        """zeta * anchor_loss, the anchor part of Eq. (10); for 'learnable' plus the uncertainty term s."""
+        """zeta * anchor_loss, the anchor part of Eq. (10)."""
         # A fixed zeta lives on the host (a 0-d CPU tensor): multiply by its Python value, so no host-to-GPU copy
         # sits in the training step; the learnable zeta is already on the loss's device.
         factor = zeta if zeta.requires_grad else zeta.item()
-        weighted = factor * anchor_loss
-        return weighted + self.log_var if self.kind == "learnable" else weighted
+        return factor * anchor_loss

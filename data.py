@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import hashlib
 import json
 import math
 import os
@@ -421,6 +422,30 @@ def recover_root_rot_pos(features):
     return r_rot_quat, r_pos
 
 
+def joint_feature_dims(joints, kind="t2m"):
+    """The feature dimensions (sorted list) that belong to the given joints in the HumanML3D layout (spec A.5):
+
+        [0]                  root rotation velocity (yaw)          joint 0
+        [1:3]                root linear velocity XZ               joint 0
+        [3]                  root height                           joint 0
+        [4 : 4+3(J-1)]       positions of joints 1..J-1 relative to the root (ric)
+        [.. : +6(J-1)]       6D rotations of joints 1..J-1
+        [.. : +3J]           velocities of joints 0..J-1
+        [D-4 : D]            foot contacts: fid_l (2), then fid_r (2); they go with their foot joints
+    """
+    skel = _skeleton(kind)
+    J, joints = skel.num_joints, set(joints)
+    dims = [0, 1, 2, 3] if 0 in joints else []
+    ric, rot, vel = 4, 4 + 3 * (J - 1), 4 + 9 * (J - 1)
+    for j in sorted(joints - {0}):
+        dims += list(range(ric + 3 * (j - 1), ric + 3 * j)) + list(range(rot + 6 * (j - 1), rot + 6 * j))
+    for j in sorted(joints):
+        dims += list(range(vel + 3 * j, vel + 3 * j + 3))
+    contacts = skel.fid_l + skel.fid_r
+    dims += [skel.feature_dim - 4 + i for i, j in enumerate(contacts) if j in joints]
+    return sorted(dims)
+
+
 def features_to_joints(features, kind="t2m"):
     """Joint positions (..., T, J, 3) from features (..., T, D), numpy or torch (recover_from_ric)."""
     skel = _skeleton(kind)
@@ -686,12 +711,21 @@ def _load_stats(x, name, D):
     return x
 
 
+def stats_checksum(mean, std):
+    """A short fingerprint (12 hex digits of SHA-1) of a dataset's Mean/Std arrays as float32, so that a checkpoint
+    can record which normalisation it was trained with and a later run can tell a different one by name."""
+    digest = hashlib.sha1(np.ascontiguousarray(mean, np.float32).tobytes())
+    digest.update(np.ascontiguousarray(std, np.float32).tobytes())
+    return digest.hexdigest()[:12]
+
+
 class MotionDataset(torch.utils.data.Dataset):
     """Text-motion pairs from a HumanML3D / KIT-ML folder (or the synthetic one, same layout).
 
     mode "train": (caption, motion (max_motion_length, D) float32 normalised and zero-padded, length) with a random
         196-frame window of longer clips and one random caption per draw; normalised by .mean/.std, which are the
-        dataset's Mean.npy/Std.npy with std[0:4] and std[-4:] divided by feat_bias (StableMoFusion's tweak).
+        dataset's Mean.npy/Std.npy with std[0:4] and std[-4:] divided by feat_bias (StableMoFusion's tweak);
+        .stats_sha1 fingerprints the two files (stats_checksum) and .feat_bias keeps the divisor.
     mode "eval": (caption, tokens (22 'word/POS' strings, B.3), motion (max_motion_length, D), length), the standard
         protocol's crop: length rounded down to a multiple of 4 (or one unit less, coin single/single/double), a
         random window, normalised with the evaluator's stats eval_mean/eval_std (arrays or .npy paths: the shipped
@@ -727,6 +761,7 @@ class MotionDataset(torch.utils.data.Dataset):
         if not (std > 0).all():
             raise InputError(f"{root / 'Std.npy'} has {int((std <= 0).sum())} non-positive entries; recompute it "
                              "with data.mean_std (block-averaged std)")
+        self.stats_sha1, self.feat_bias = stats_checksum(mean, std), feat_bias     # the files, before the tweak
         std = std.copy()
         std[0:4] /= feat_bias     # root rotation velocity, root XZ velocity, root height: x feat_bias in
         std[-4:] /= feat_bias     # normalised space, and so are the foot contacts (StableMoFusion, spec §4)

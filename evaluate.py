@@ -19,9 +19,9 @@ shared/spec/t2m_evaluator.md (section numbers B.x below refer to it):
     euclidean_distance_matrix, r_precision, matching_score, activation_statistics, frechet_distance,
     diversity, multimodality, mean_ci;  results_table (markdown laid out like Table 1), write_results_json
 
-    python evaluate.py --help     (subcommands t2m, train-evaluator, moclip, gradflow, spectrum; see README)
+    python evaluate.py --help     (subcommands t2m, train-evaluator, moclip, prompts; see README)
 
-    gradient_flow (Fig. 3 / 8), dct_spectrum + energy_share (Fig. 7)   and their subcommands gradflow, spectrum
+    The paper's analyses (gradient flow, DCT spectrum, MoCLIP attention) are in analysis.py.
 
     train_evaluator (B.4 recipe) for datasets without official weights: word table (PPMI-SVD of the captions, in the
     our_vab format), movement autoencoder, then margin-10 contrastive text-motion matching
@@ -35,7 +35,7 @@ shared/spec/t2m_evaluator.md (section numbers B.x below refer to it):
     python evaluate.py t2m --dataset synthetic --checkpoint runs/luma_synthetic/final.pt --mm-captions 10
     python evaluate.py moclip --dataset synthetic                 # checkpoints/moclip_synthetic.pt vs the evaluator
 
-Status: all five subcommands are built; MultiModality (B.8) is computed for every generated row of t2m.
+Status: all four subcommands are built; MultiModality (B.8) is computed for every generated row of t2m.
 """
 
 import argparse
@@ -53,12 +53,10 @@ import torch.nn.functional as F
 from torch.nn.utils.rnn import pack_padded_sequence
 from tqdm import tqdm
 
-from anchors import dct, dual_anchor_loss
-from data import (BUILT_DATASETS, DATA_ROOTS, KINDS, SEED, InputError, MotionDataset, device_name, evaluator_tokens, float_range, folder_path,
-                  int_range, load_checkpoint, load_weights, parse_text_line, prepare_dataset, read_array, save_checkpoint,
-                  user_errors, write_atomic)
-from diffusion import alphas_cumprod, linear_betas, masked_mse, q_sample
-from moclip import load_moclip, moclip_from_state, topk_accuracy
+from data import (BUILT_DATASETS, DATA_ROOTS, KINDS, SEED, SKELETONS, InputError, MotionDataset, device_name,
+                  evaluator_tokens, float_range, folder_path, int_range, load_checkpoint, load_weights, parse_text_line,
+                  prepare_dataset, read_array, save_checkpoint, user_errors, write_atomic)
+from moclip import load_moclip, topk_accuracy
 
 MAX_TEXT_LEN = 20          # B.3: captions longer than 20 tokens are cut; sos + 20 + eos = 22
 MAX_EVAL_LEN = 196         # B.6: eval motions are zero-padded to 196 frames
@@ -475,111 +473,7 @@ def write_results_json(results, path, **meta):
 
 
 # -----------------------------------------------------------------------------
-# 6. Analyses: gradient flow per UNet block (Fig. 3 / Fig. 8, App. G) and the DCT spectrum (Fig. 7, App. F)
-# -----------------------------------------------------------------------------
-
-def load_training_run(path, device="cpu"):
-    """(LUMA model, text encoder, config) from a train.py checkpoint.pt (the one holding the anchor heads)."""
-    state = load_checkpoint(path, "a LUMA training checkpoint with its anchor heads (final.pt has none)",
-                            "train.py (runs/<run>/checkpoint.pt)", fmt="luma",
-                            keys=("model", "config", "unet_config", "text_encoder"))
-    from train import build_model
-    args = argparse.Namespace(**state["config"])
-    text_encoder = moclip_from_state(state["text_encoder"], source=path).to(device)
-    anchor_dim = state["model"]["anchor.tem_proj.out.weight"].shape[0] if "anchor.tem_proj.out.weight" in \
-        state["model"] else text_encoder.embed_dim
-    model = build_model(args, state["unet_config"]["motion_dim"], text_encoder.text_width, anchor_dim)
-    load_weights(model, state["model"], path, "LUMA")
-    return model.to(device), text_encoder, args
-
-
-def gradient_flow(model, text_tokens, x0, lengths, tem_target=None, timesteps=(750, 500, 250, 0),
-                  anchor_loss=True, lambda_fre=0.1, lambda_tem=0.5, seed=0):
-    """{t: {block: mean |grad| over the block's parameters}} for L_DDPM (+ the DAL with zeta = 1 if anchor_loss).
-
-    model: train.LUMA; text_tokens (B, L, W), x0 (B, T, D) normalised clean motion, lengths (B,), tem_target
-    (B, D_a) = frozen MoCLIP(x0). Every sample gets the same t, all conditional; dropout off (eval mode).
-    """
-    abar = alphas_cumprod(linear_betas(1000)).to(x0.device)
-    generator = torch.Generator(x0.device).manual_seed(seed)
-    noise = torch.randn(x0.shape, generator=generator, device=x0.device)          # one noise for every t
-    cond = torch.ones(len(x0), dtype=torch.bool, device=x0.device)
-    was_training = model.training
-    model.eval()
-    result = {}
-    for t_value in timesteps:
-        t = torch.full((len(x0),), t_value, dtype=torch.long, device=x0.device)
-        model.zero_grad(set_to_none=True)
-        x0_hat, z_fre, z_tem = model(q_sample(x0, t, noise, abar), t, text_tokens, cond, lengths)   # Eq. (1)
-        loss = masked_mse(x0_hat, x0, lengths)                                                       # Eq. (2)
-        if anchor_loss and (z_fre is not None or z_tem is not None):
-            loss = loss + dual_anchor_loss(z_fre, z_tem, x0, tem_target, lambda_fre, lambda_tem)[0]  # Eq. (10), zeta=1
-        loss.backward()
-        result[t_value] = {}
-        for name, block in model.unet.named_blocks():
-            grads = [p.grad.abs().flatten() for p in block.parameters() if p.grad is not None]
-            result[t_value][name] = torch.cat(grads).mean().item() if grads else 0.0
-    model.zero_grad(set_to_none=True)
-    model.train(was_training)
-    return result
-
-
-def plot_gradient_flow(flows, path, threshold=0.01):
-    """Bar charts like Fig. 3/8: one row per run (label -> gradient_flow result), one panel per timestep.
-
-    Down and mid blocks red, up blocks blue; the dashed line marks threshold x the mean over blocks (1%).
-    """
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    labels = list(flows)
-    timesteps = list(next(iter(flows.values())))
-    fig, axes = plt.subplots(len(labels), len(timesteps), figsize=(3.2 * len(timesteps), 2.8 * len(labels)),
-                             squeeze=False, sharey=True)
-    for r, label in enumerate(labels):
-        for c, t in enumerate(timesteps):
-            names, values = zip(*flows[label][t].items())
-            colours = ["tab:blue" if n.startswith("up") else "tab:red" for n in names]
-            ax = axes[r][c]
-            ax.bar(range(len(names)), values, color=colours)
-            ax.axhline(threshold * np.mean(values), color="k", linestyle="--", linewidth=1)
-            ax.set_yscale("log")
-            ax.set_xticks(range(len(names)), names, rotation=90, fontsize=7)
-            ax.set_title(f"{label}\nt = {t}", fontsize=8)
-    axes[0][0].set_ylabel("mean |grad|")
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return Path(path)
-
-
-def dct_spectrum(motions):
-    """Mean |DCT coefficient| (T,) and total energy (T,) per frequency, over motions (T, D) each.
-
-    motions: an iterable of normalised, zero-padded windows of one length T (the training windows). Energy is the sum
-    of squared coefficients over motions and features (Parseval: it adds up to the signal energy).
-    """
-    magnitude, energy, count = None, None, 0
-    for motion in motions:
-        coefficients = dct(torch.as_tensor(np.asarray(motion), dtype=torch.float64), dim=0)   # Eq. (16): (T, D)
-        if magnitude is None:
-            magnitude = torch.zeros(coefficients.shape[0], dtype=torch.float64)
-            energy = torch.zeros_like(magnitude)
-        magnitude += coefficients.abs().mean(dim=1)
-        energy += (coefficients ** 2).sum(dim=1)
-        count += 1
-    if count == 0:
-        raise ValueError("dct_spectrum got no motions")
-    return (magnitude / count).numpy(), energy.numpy()
-
-
-def energy_share(energy, k):
-    """Fraction of the spectral energy (T,) in the first k coefficients (App. F: 83.6% for k = 64 on HumanML3D)."""
-    return float(energy[:k].sum() / energy.sum())
-
-
-# -----------------------------------------------------------------------------
-# 7. Training the evaluator for datasets without official weights (B.4 "How the evaluator was trained")
+# 6. Training the evaluator for datasets without official weights (B.4 "How the evaluator was trained")
 # -----------------------------------------------------------------------------
 
 SPECIAL_WORDS = ("sos", "eos", "unk")     # rows 0, 1, 2 of the word table, as our_vab_idx.pkl expects them
@@ -808,7 +702,7 @@ def train_evaluator(dataset="synthetic", data_root=None, out=None, ae_steps=200,
 
 
 # -----------------------------------------------------------------------------
-# 8. The protocol loop (B.9): GT "Real" row and generated rows, replications with mean ± 95% CI
+# 7. The protocol loop (B.9): GT "Real" row and generated rows, replications with mean ± 95% CI
 # -----------------------------------------------------------------------------
 
 def embed_eval_batch(evaluator, vectorizer, tokens, motions, m_lens, device="cpu"):
@@ -880,12 +774,21 @@ def mm_embeddings(evaluator, generate, captions, m_lens, repeats=30, batch_size=
     return np.stack(acts)                                                            # (M, R, 512)
 
 
+def generation_lengths(m_lens, kind="t2m"):
+    """The lengths a generated row is made and scored at: the GT eval lengths clamped to the loader's minimum (40
+    frames for t2m, 24 for KIT) and to 196, as the backbone's evaluation does (its §5.1). An eval crop can fall below
+    the minimum (a 40-frame clip cropped one unit of 4 shorter is 36 frames)."""
+    return torch.as_tensor(m_lens).clamp(SKELETONS[kind].min_motion_len, MAX_EVAL_LEN)
+
+
 def evaluate_protocol(evaluator, vectorizer, dataset, replications=20, generators=None, batch_size=32, seed=0,
-                      device="cpu", progress=True, diversity_times=None, mm_captions=100, mm_repeats=30, mm_times=10):
+                      device="cpu", progress=True, diversity_times=None, mm_captions=100, mm_repeats=30, mm_times=10,
+                      kind="t2m"):
     """B.9 on an eval-mode MotionDataset -> {row: {metric: [value per replication]}}; 'Real' is the GT loader.
 
     generators: {row name: fn(captions list[str], m_lens (B,) long) -> motions (B, 196, D) eval-normalised}; each
-    generated row uses the same GT batches (captions, lengths) as the Real row, as T2M-GPT / MoMask do (B.7).
+    generated row uses the same GT batches (captions, lengths) as the Real row, as T2M-GPT / MoMask do (B.7), at
+    generation_lengths(m_lens, kind).
     diversity_times: None is the B.7 rule (300 pairs if N > 300, else 100); tests on tiny data pass fewer.
     MultiModality (generated rows only; B.9 step 6): per replication, mm_captions random test items (caption and
     eval-mode m_len; the same for every row) are generated mm_repeats times each, and multimodality() averages
@@ -911,9 +814,11 @@ def evaluate_protocol(evaluator, vectorizer, dataset, replications=20, generator
         top, dist_sum = {row: np.zeros(3) for row in rows}, {row: 0.0 for row in rows}
         n = 0
         for captions, tokens, motions, m_lens, _ in loader:
+            gen_lens = generation_lengths(m_lens, kind)
             for row in rows:
-                batch = motions if row == "Real" else generators[row](captions, m_lens)
-                text_emb, motion_emb = embed_eval_batch(evaluator, vectorizer, tokens, batch, m_lens, device)
+                lens = m_lens if row == "Real" else gen_lens
+                batch = motions if row == "Real" else generators[row](captions, lens)
+                text_emb, motion_emb = embed_eval_batch(evaluator, vectorizer, tokens, batch, lens, device)
                 hits, score = _batch_metrics(text_emb, motion_emb)
                 top[row] += hits * len(tokens)                                   # B.8: hits summed, / N
                 dist_sum[row] += score * len(tokens)                             # sum of traces, / N
@@ -932,6 +837,7 @@ def evaluate_protocol(evaluator, vectorizer, dataset, replications=20, generator
             results[row]["Diversity"].append(diversity(a, times, rng))
         if mm_captions and generators:                                           # B.9 step 6: GT shows '-'
             mm_caps, mm_lens = _mm_items(dataset, mm_captions, mm_rng)           # shared by all generated rows
+            mm_lens = generation_lengths(mm_lens, kind)
             for row, generate in generators.items():
                 mm_acts = mm_embeddings(evaluator, generate, mm_caps, mm_lens, mm_repeats, batch_size, device,
                                         progress, f"MultiModality {row}: {mm_captions} x {mm_repeats}")
@@ -1013,8 +919,8 @@ def _protocol_inputs(args):
     evaluator = load_evaluator(evaluator_dir, {"t2m": 263, "kit": 251}[kind]).to(args.device)
     vectorizer = WordVectorizer(glove_dir)
     eval_mean, eval_std = load_eval_meta(meta_dir, kind)
-    dataset = MotionDataset(root, "test", kind, mode="eval", eval_mean=eval_mean, eval_std=eval_std)
-    print(f"{args.dataset} test: {len(dataset)} samples -> {len(dataset) // 32} batches of 32 per pass")
+    dataset = MotionDataset(root, args.split, kind, mode="eval", eval_mean=eval_mean, eval_std=eval_std)
+    print(f"{args.dataset} {args.split}: {len(dataset)} samples -> {len(dataset) // 32} batches of 32 per pass")
     return evaluator, vectorizer, dataset
 
 
@@ -1027,14 +933,15 @@ def run_t2m(args):
             checkpoint, dataset.eval_mean, dataset.eval_std, args.device, args.guidance, args.steps, args.seed)
     results = evaluate_protocol(evaluator, vectorizer, dataset, args.replications, generators, seed=args.seed,
                                 device=args.device, mm_captions=args.mm_captions, mm_repeats=args.mm_repeats,
-                                mm_times=args.mm_times)
+                                mm_times=args.mm_times, kind=KINDS[args.dataset])
     table = results_table(results)
     print(table)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     write_atomic(out / "t2m_table.md", lambda f: f.write(table.encode()))
     write_results_json(results, out / "t2m_results.json", command=" ".join(sys.argv), dataset=args.dataset,
-                       replications=args.replications, test_samples=len(dataset), mm_captions=args.mm_captions,
+                       replications=args.replications, split=args.split, test_samples=len(dataset),
+                       mm_captions=args.mm_captions,
                        mm_repeats=args.mm_repeats, mm_times=args.mm_times)
     print(f"wrote {out / 't2m_table.md'} and {out / 't2m_results.json'}")
     return results
@@ -1051,13 +958,14 @@ def run_moclip(args):
     results = moclip_retrieval(evaluator, vectorizer, moclip_model, dataset, dataset.eval_mean, dataset.eval_std,
                                args.replications, seed=args.seed, device=args.device)
     table = results_table(results, ("Top1", "Top2", "Top3"))
-    print(f"Retrieval in batches of 32 (31 distractors) of the {args.dataset} test split, the same captions and crops "
-          f"for every row; evaluator: Euclidean on its co-embeddings, MoCLIP: cosine; mean ± 95% CI over "
+    print(f"Retrieval in batches of 32 (31 distractors) of the {args.dataset} {args.split} split, the same captions "
+          f"and crops for every row; evaluator: Euclidean on its co-embeddings, MoCLIP: cosine; mean ± 95% CI over "
           f"{args.replications} replications\n{table}")
     out = Path(args.out)
     write_atomic(out / "moclip_table.md", lambda f: f.write(table.encode()))
     write_results_json(results, out / "moclip_results.json", command=" ".join(sys.argv), dataset=args.dataset,
-                       checkpoint=str(checkpoint), replications=args.replications, test_samples=len(dataset))
+                       checkpoint=str(checkpoint), replications=args.replications, split=args.split,
+                       test_samples=len(dataset))
     print(f"wrote {out / 'moclip_table.md'} and {out / 'moclip_results.json'}")
     return results
 
@@ -1068,7 +976,7 @@ def run_train_evaluator(args):
 
 
 # -----------------------------------------------------------------------------
-# 8b. Prompt checks: the README's three sample prompts, measured on the joints instead of looked at
+# 8. Prompt checks: the README's three sample prompts, measured on the joints instead of looked at
 # -----------------------------------------------------------------------------
 
 # (prompt, the measure that decides, its threshold): what "it did what the text says" means, per prompt
@@ -1091,6 +999,33 @@ def motion_measures(joints, toe_height=0.05):
             "right / left wrist range": float(wrist_range[1] / max(wrist_range[0], 1e-6)),
             "right wrist range (m)": float(wrist_range[1]), "left wrist range (m)": float(wrist_range[0]),
             "heading change (deg)": float(np.degrees(heading[-1] - heading[0]))}
+
+
+def transition_measures(joints, seams, kind="t2m", contact_height=0.05, seam_width=2):
+    """How smooth an edited or long motion is where its parts meet, from joints (T, J, 3) in metres, Y up.
+
+    Per frame, the mean over joints of the speed |x_{t+1} - x_t| fps and of the acceleration |x_{t+1} - 2 x_t +
+    x_{t-1}| fps^2; "seam" values average the frames within seam_width of each seam frame, "inside" values the rest.
+    Foot skating: the mean horizontal speed of a foot joint (left_foot / right_foot) over the frames it is in
+    contact, i.e. lower than contact_height above the motion's lowest foot (HumanML3D puts the floor at 0)."""
+    fps = SKELETONS[kind].fps
+    speed = np.linalg.norm(np.diff(joints, axis=0), axis=-1).mean(1) * fps                  # (T-1,) at t + 1/2
+    accel = np.linalg.norm(np.diff(joints, 2, axis=0), axis=-1).mean(1) * fps ** 2          # (T-2,) at t
+    near = np.zeros(len(joints), bool)
+    for s in seams:
+        near[max(0, s - seam_width):s + seam_width + 1] = True
+    near_speed, near_accel = near[1:] | near[:-1], near[1:-1]
+    feet = joints[:, [SKELETONS[kind].fid_l[1], SKELETONS[kind].fid_r[1]]]                  # (T, 2, 3)
+    height = feet[..., 1] - feet[..., 1].min()
+    contact = (height[1:] < contact_height) & (height[:-1] < contact_height)                # (T-1, 2)
+    foot_speed = np.linalg.norm(np.diff(feet[..., [0, 2]], axis=0), axis=-1) * fps          # (T-1, 2)
+
+    def mean(values, where):
+        return float(values[where].mean()) if where.any() else None
+    return {"seam_speed": mean(speed, near_speed), "inside_speed": mean(speed, ~near_speed),
+            "seam_acceleration": mean(accel, near_accel), "inside_acceleration": mean(accel, ~near_accel),
+            "foot_skate": float(foot_speed[contact].mean()) if contact.any() else 0.0,
+            "contact_frames": int(contact.sum())}
 
 
 def prompt_checks(sampler, samples=4, frames=120, seed=0, toe_height=0.05, out=None):
@@ -1144,74 +1079,6 @@ def run_prompts(args):
 # 9. Command line
 # -----------------------------------------------------------------------------
 
-def run_gradflow(args):
-    """Fig. 3 / 8: mean |grad| per block for each run at each timestep -> CSV + PNG bar charts."""
-    from train import get_batch
-    device = torch.device(args.device)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    flows = {}
-    for run in args.runs:
-        checkpoint = Path(run) / "checkpoint.pt" if Path(run).is_dir() else Path(run)
-        model, text_encoder, config = load_training_run(checkpoint, device)
-        dataset = MotionDataset(config.data_root, split="train", kind=KINDS[config.dataset], feat_bias=config.feat_bias)
-        x0, lengths, captions, _ = get_batch(dataset, 0, args.batch_size, args.seed, device)
-        with torch.no_grad():
-            text_tokens = text_encoder.encode_text_tokens(captions)
-            target = None
-            if model.anchor is not None and model.anchor.tem_proj is not None:
-                target = load_moclip(args.moclip_checkpoint or f"checkpoints/moclip_{config.dataset}.pt",
-                                     device).encode_motion(x0, lengths)
-        label = Path(run).name if Path(run).is_dir() else Path(run).parent.name
-        label += "" if model.anchor is not None else " (no DAL)"
-        flows[label] = gradient_flow(model, text_tokens, x0, lengths, target, args.timesteps,
-                                     lambda_fre=config.lambda_fre, lambda_tem=config.lambda_tem, seed=args.seed)
-    with open(out / "gradflow.csv", "w") as f:
-        f.write("run,t,block,mean_abs_grad,threshold_1pct_of_mean\n")
-        for label, flow in flows.items():
-            for t, blocks in flow.items():
-                threshold = 0.01 * np.mean(list(blocks.values()))
-                for name, value in blocks.items():
-                    f.write(f"{label},{t},{name},{value:.6g},{threshold:.6g}\n")
-    plot_gradient_flow(flows, out / "gradflow.png")
-    for label, flow in flows.items():
-        print(f"{label}: mean |grad| per block at t = {', '.join(map(str, flow))}")
-        for name in next(iter(flow.values())):
-            print(f"  {name:6}" + "".join(f"{flow[t][name]:12.3e}" for t in flow))
-    print(f"wrote {out / 'gradflow.csv'} and {out / 'gradflow.png'}")
-
-
-def run_spectrum(args):
-    """Fig. 7: mean DCT magnitude per coefficient of the normalised training windows, energy share of the first k."""
-    root = args.data_root or DATA_ROOTS[args.dataset]
-    prepare_dataset(args.dataset, root)
-    dataset = MotionDataset(root, split=args.split, kind=KINDS[args.dataset])
-    random.seed(args.seed)                                       # the random 196-frame window of longer clips
-    magnitude, energy = dct_spectrum(motion for _, motion, _ in dataset)
-    shares = {k: energy_share(energy, k) for k in sorted({8, 16, 32, 64, 128, args.k})}
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    np.savetxt(out / "spectrum.csv", np.stack([np.arange(len(magnitude)), magnitude], 1), delimiter=",",
-               header="coefficient,mean_abs_dct", comments="", fmt=["%d", "%.6g"])
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    fig, ax = plt.subplots(figsize=(6, 3))
-    ax.plot(magnitude)
-    ax.axvspan(0, args.k, alpha=0.2)
-    ax.set_yscale("log")
-    ax.set_xlabel("DCT coefficient")
-    ax.set_ylabel("mean |coefficient|")
-    ax.set_title(f"{args.dataset} {args.split}: first {args.k} hold {100 * shares[args.k]:.1f}% of the energy",
-                 fontsize=9)
-    fig.tight_layout()
-    fig.savefig(out / "spectrum.png", dpi=100)
-    plt.close(fig)
-    print(f"{len(dataset)} windows of {args.dataset}/{args.split}; energy share of the first k DCT coefficients: "
-          + ", ".join(f"k={k}: {100 * v:.1f}%" for k, v in shares.items()))
-    print(f"wrote {out / 'spectrum.csv'} and {out / 'spectrum.png'}")
-
-
 def _add_protocol_args(p, out):
     """The flags t2m and moclip share: data, evaluator files, replications, seed, device, output folder."""
     p.add_argument("--dataset", default="humanml3d", choices=list(DATA_ROOTS))
@@ -1223,6 +1090,8 @@ def _add_protocol_args(p, out):
                                                      "(default: glove, or <evaluator-dir>/glove for synthetic)")
     p.add_argument("--eval-meta-dir", default=None, help="folder with the evaluator mean/std (default: --evaluator-dir)")
     p.add_argument("--replications", type=int_range(1), default=20, help="replications for mean ± 95%% CI (paper: 20)")
+    p.add_argument("--split", default="test", choices=["test", "val"],
+                   help="split to evaluate on: test (Table 1), or val for App. D's grid search (default test)")
     _add_run_args(p, out)
 
 
@@ -1269,24 +1138,6 @@ def get_args(argv=None):
                                       "evaluator's R-precision, on the same test batches")
     p.add_argument("--checkpoint", default=None, help="MoCLIP checkpoint (default checkpoints/moclip_<dataset>.pt)")
     _add_protocol_args(p, "runs/eval_moclip")
-    p = sub.add_parser("gradflow", help="Fig. 3 / Fig. 8 analogue: mean |grad| per UNet block at fixed timesteps, "
-                                        "for runs with and without the dual anchor loss")
-    p.add_argument("--runs", nargs="+", required=True,
-                   help="train.py run folders (or their checkpoint.pt), e.g. runs/luma_synthetic "
-                        "runs/luma_synthetic_no_anchors")
-    p.add_argument("--timesteps", type=int_range(0, 999), nargs="+", default=[750, 500, 250, 0],
-                   help="t of Fig. 8, each in 0..999")
-    p.add_argument("--batch-size", type=count, default=32)
-    p.add_argument("--moclip-checkpoint", default=None,
-                   help="frozen MoCLIP for the temporal anchor target (default checkpoints/moclip_<dataset>.pt)")
-    _add_run_args(p, "runs/gradflow")
-    p = sub.add_parser("spectrum", help="Fig. 7 analogue: mean DCT magnitude per coefficient and the energy share "
-                                        "of the first k")
-    p.add_argument("--dataset", default="synthetic", choices=list(DATA_ROOTS))
-    p.add_argument("--data-root", default=None, help="dataset folder (default: data/<dataset>)")
-    p.add_argument("--split", default="train", choices=["train", "val", "test", "train_val", "all"])
-    p.add_argument("--k", type=int_range(1, 196), default=64, help="shaded low-frequency band (the paper's k), 1..196")
-    _add_run_args(p, "runs/spectrum")
     p = sub.add_parser("prompts", help="the README's three sample prompts, each generated --samples times, measured "
                                        "on the joints: airborne frames, root travel, wrist ranges, heading change")
     p.add_argument("--checkpoint", required=True, help="a train.py final.pt")
@@ -1309,8 +1160,8 @@ def get_args(argv=None):
 def main(argv=None):
     args = get_args(argv)                          # usage errors: the usage line and exit status 2, before any work
     with user_errors():                            # expected errors: one paragraph, exit status 1; bugs: a traceback
-        return {"gradflow": run_gradflow, "spectrum": run_spectrum, "t2m": run_t2m, "moclip": run_moclip,
-                "train-evaluator": run_train_evaluator, "prompts": run_prompts}[args.command](args)
+        return {"t2m": run_t2m, "moclip": run_moclip, "train-evaluator": run_train_evaluator,
+                "prompts": run_prompts}[args.command](args)
 
 
 if __name__ == "__main__":

@@ -40,9 +40,19 @@ import torch.nn as nn
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from data import (BUILT_DATASETS, DATA_ROOTS, KINDS, MAX_MOTION_LENGTH, SEED, InputError, MotionDataset, device_name, file_path,
-                  float_range, int_range, load_checkpoint, load_weights, prepare_dataset, save_checkpoint, to_device,
-                  user_errors)
+# The model half of this file (text tower, MotionEncoder, MoCLIP, the loss) needs only torch and open_clip, so it
+# copies out alone. Training, checkpoint files and the command line use the project's data.py, imported inside the
+# functions that need it.
+
+MAX_MOTION_LENGTH = 196                       # HumanML3D's training window in frames (data.MAX_MOTION_LENGTH)
+
+
+def _host_to_device(tensor, device):
+    """A small host tensor to `device` without stalling the host: on CUDA through pinned memory, queued. The same as
+    data.to_device, kept here so that this file copies out alone."""
+    if torch.device(device).type != "cuda":
+        return tensor.to(device)
+    return tensor.pin_memory().to(device, non_blocking=True)
 
 
 # A small open_clip text tower for CPUs and the synthetic dataset: the same TextTransformer class, BPE tokenizer,
@@ -57,10 +67,10 @@ SMALL_TEXT_CONFIG = dict(embed_dim=128, quick_gelu=False, context_length=77, voc
 PRESETS = {
     "paper": dict(clip_model="ViT-B-32", clip_pretrained="openai", motion_width=None, motion_layers=4,
                   motion_heads=8, motion_ff=2048, dropout=0.2, batch_size=32, lr=1e-4, stage2_lr=1e-5,
-                  weight_decay=1e-4, stage1_epochs=5, epochs=300, patience=3),
+                  weight_decay=1e-4, stage1_epochs=5, epochs=300, patience=3, stage1_projection=False),
     "small": dict(clip_model="small", clip_pretrained="none", motion_width=128, motion_layers=2,
                   motion_heads=4, motion_ff=256, dropout=0.1, batch_size=32, lr=1e-3, stage2_lr=3e-4,
-                  weight_decay=1e-4, stage1_epochs=4, epochs=10, patience=2),
+                  weight_decay=1e-4, stage1_epochs=4, epochs=10, patience=2, stage1_projection=False),
 }
 
 
@@ -73,10 +83,10 @@ def _text_config(clip_model, clip_pretrained):
         return dict(SMALL_TEXT_CONFIG)
     cfg = open_clip.get_model_config(clip_model)
     if cfg is None:
-        raise InputError(f"unknown --clip-model {clip_model!r}: use 'small' or an open_clip model name "
+        raise ValueError(f"unknown --clip-model {clip_model!r}: use 'small' or an open_clip model name "
                          f"such as ViT-B-32 (open_clip.list_models() lists them)")
     if "hf_model_name" in cfg["text_cfg"]:
-        raise InputError(f"--clip-model {clip_model!r} has a HuggingFace text tower; MoCLIP supports open_clip's "
+        raise ValueError(f"--clip-model {clip_model!r} has a HuggingFace text tower; MoCLIP supports open_clip's "
                          f"own TextTransformer towers (e.g. ViT-B-32, ViT-B-16, ViT-L-14)")
     quick_gelu = cfg.get("quick_gelu", False)
     if clip_pretrained != "none":  # e.g. the 'openai' weights were trained with QuickGELU
@@ -88,7 +98,7 @@ def clip_model_name(text):
     """argparse type: 'small' or an open_clip model whose text tower MoCLIP can use."""
     try:
         _text_config(text, "none")
-    except InputError as error:
+    except ValueError as error:
         raise argparse.ArgumentTypeError(str(error)) from None
     return text
 
@@ -175,7 +185,7 @@ class MotionEncoder(nn.Module):
         if len(host_lengths) != B or host_lengths.min() < 1 or host_lengths.max() > T:
             raise ValueError(f"need one length in 1..{T} per motion, got {host_lengths.tolist()}")
         T = int(host_lengths.max())                                                         # the rest is padding
-        lengths = to_device(host_lengths, motion.device)
+        lengths = _host_to_device(host_lengths, motion.device)
         motion = motion[:, :T]
         valid = torch.arange(T, device=motion.device)[None, :] < lengths[:, None]           # (B, T), True = real frame
         s = self.dropout(self.input(motion) + self.positions[:T])                           # (B, T, D) -> (B, T, width)
@@ -195,7 +205,7 @@ class MoCLIP(nn.Module):
                  max_len=MAX_MOTION_LENGTH, max_logit_scale=20.0):
         super().__init__()
         if clip_model == "small" and clip_pretrained != "none":
-            raise InputError(f"the small text tower has no pretrained weights; pass --clip-pretrained none "
+            raise ValueError(f"the small text tower has no pretrained weights; pass --clip-pretrained none "
                              f"(got {clip_pretrained!r}) or a named --clip-model such as ViT-B-32")
         text_config = dict(text_config) if text_config is not None else _text_config(clip_model, clip_pretrained)
         self.text = build_text_tower(text_config, clip_model, clip_pretrained)
@@ -225,7 +235,7 @@ class MoCLIP(nn.Module):
         """list[str] (B) -> token ids (B, 77) on the model's device (lower-cased BPE, truncated at 77)."""
         if isinstance(texts, str):
             raise ValueError("pass a list of captions, e.g. ['a person jumps'], not a single string")
-        return to_device(self.tokenizer(list(texts)), self.device)
+        return _host_to_device(self.tokenizer(list(texts)), self.device)
 
     def encode_text(self, texts):
         """list[str] (B) -> sentence embedding (B, D_a): the end-of-text token after ln_final @ text_projection."""
@@ -256,6 +266,7 @@ def moclip_state(model):
 def moclip_from_state(state, source="the MoCLIP state"):
     """MoCLIP from moclip_state(...) or a MoCLIP checkpoint, in eval mode and frozen; downloads nothing. A state whose
     config or weights do not build a MoCLIP raises an InputError naming `source` (the file it came from)."""
+    from data import InputError, load_weights
     config = dict(state["config"])
     clip_pretrained = config.pop("clip_pretrained", "none")
     try:
@@ -273,13 +284,36 @@ MOCLIP_WRITER = "moclip.py (python moclip.py --dataset <name> writes checkpoints
 
 def load_moclip(path, device="cpu"):
     """Frozen MoCLIP (eval mode) from a checkpoint of train_moclip. .mean/.std (D,) are its motion normalisation,
-    .dataset and .data_root the data it was trained on."""
+    .dataset and .data_root the data it was trained on, .stats_sha1 and .feat_bias what that normalisation was made
+    of (data.stats_checksum of the dataset's Mean/Std files, the std divisor) and .seed the seed of its random
+    initialisation (None where an older checkpoint did not record them)."""
+    from data import load_checkpoint
     state = load_checkpoint(path, "a MoCLIP checkpoint", MOCLIP_WRITER, fmt="moclip",
                             keys=("config", "model", "mean", "std"))
     model = moclip_from_state(state, source=path).to(device)
     model.mean, model.std = state["mean"], state["std"]
     model.dataset, model.data_root = state.get("dataset"), state.get("data_root")
+    model.stats_sha1, model.feat_bias = state.get("stats_sha1"), state.get("feat_bias")
+    model.seed = state.get("seed", state.get("hparams", {}).get("seed"))   # older _last.pt files: in hparams
     return model
+
+
+def initial_text_tower(model):
+    """The text tower `model` started from, frozen, as a MoCLIP (its text side is what counts): the pretrained
+    weights it was initialised from (e.g. ViT-B-32 / openai), or, for a randomly initialised tower (the small one of
+    the CPU presets), the very same random draw, rebuilt from the seed its checkpoint records. This is "CLIP"
+    in Table 2's "w/o MoCLIP" and the StableMoFusion row: the text encoder before MoCLIP's training."""
+    config = dict(model.config)
+    if config["clip_pretrained"] == "none":
+        if getattr(model, "seed", None) is None:
+            raise ValueError("this MoCLIP checkpoint does not record the seed of its random initialisation (older "
+                             "moclip.py): retrain it with python moclip.py to use its initial text tower")
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(model.seed)                     # as train_moclip does before building the model
+            initial = MoCLIP(**config)
+    else:
+        initial = MoCLIP(**config)                            # the pretrained weights, fetched as at training time
+    return initial.to(model.device).eval().requires_grad_(False)
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -296,16 +330,20 @@ def contrastive_loss(text_emb, motion_emb, scale):
     return 0.5 * (loss_m2t + loss_t2m)                           # Eq. (15)
 
 
-def set_stage(model, stage):
-    """Freeze for training stage 1 or 2 (App. B.0.3); returns the names of the trainable parameters."""
+def set_stage(model, stage, stage1_projection=False):
+    """Freeze for training stage 1 or 2 (App. B.0.3); returns the names of the trainable parameters.
+
+    Stage 1 trains only the MotionEncoder, the text tower frozen (App. B: "Only the MotionEncoder components are
+    trained"); stage1_projection=True also trains the text projection and the temperature from the start, as the
+    precursor does. Stage 2 unfreezes the last text layer and the final LayerNorm and trains them with the motion
+    encoder, the text projection and the temperature ("the entire model is then fine-tuned jointly")."""
     if stage not in (1, 2):
         raise ValueError(f"stage must be 1 or 2, got {stage}")
     model.requires_grad_(False)
     model.motion.requires_grad_(True)
-    model.logit_scale.requires_grad_(True)
-    # The paper trains "only the MotionEncoder" in stage 1; the precursor also trains the text projection and the
-    # temperature from the start. Paper is silent here; see README "Choices"
-    model.text.text_projection.requires_grad_(True)
+    if stage == 2 or stage1_projection:
+        model.logit_scale.requires_grad_(True)
+        model.text.text_projection.requires_grad_(True)
     if stage == 2:
         model.text.transformer.resblocks[-1].requires_grad_(True)
         model.text.ln_final.requires_grad_(True)
@@ -315,14 +353,16 @@ def set_stage(model, stage):
 # ---------------------------------------------------------------------------------------------------------------------
 # Training
 
-def _open_dataset(dataset, data_root, split):
+def _open_dataset(dataset, data_root, split, feat_bias=5.0):
+    from data import KINDS, MotionDataset
     if dataset not in KINDS:
         raise ValueError(f"unknown dataset {dataset!r}; expected one of {sorted(KINDS)}")
-    return MotionDataset(data_root, split=split, kind=KINDS[dataset], mode="train")
+    return MotionDataset(data_root, split=split, kind=KINDS[dataset], mode="train", feat_bias=feat_bias)
 
 
 def _loader(data, batch_size, generator=None):
     """Shuffled batches (drop last) when a generator is given, else in order (a short split keeps its last batch)."""
+    from data import InputError
     if generator is not None and len(data) < batch_size:
         raise InputError(f"the training split has {len(data)} samples, fewer than the batch size {batch_size}; "
                          f"lower --batch-size")
@@ -332,7 +372,7 @@ def _loader(data, batch_size, generator=None):
 
 def _batch(batch, device):
     captions, motion, lengths = batch
-    return list(captions), to_device(motion.float(), device), lengths          # lengths stay on the host
+    return list(captions), _host_to_device(motion.float(), device), lengths    # lengths stay on the host
 
 
 @torch.no_grad()
@@ -343,7 +383,7 @@ def _validation_loss(model, loader, device, seed):
 
 
 def _optimizer(model, stage, hp):
-    set_stage(model, stage)
+    set_stage(model, stage, hp.get("stage1_projection", False))
     lr = hp["lr"] if stage == 1 else hp["stage2_lr"]
     return torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=lr,
                              weight_decay=hp["weight_decay"])
@@ -352,8 +392,11 @@ def _optimizer(model, stage, hp):
 def train_moclip(dataset="synthetic", data_root=None, out=None, clip_model=None, clip_pretrained=None,
                  epochs=None, stage1_epochs=None, batch_size=None, lr=None, stage2_lr=None, weight_decay=None,
                  patience=None, device=None, seed=0, resume=False, keep_stage1=False, synthetic_motions=None,
-                 progress=True):
-    """Two-stage MoCLIP training with early stopping; returns the best checkpoint's path. None = the preset's value."""
+                 progress=True, feat_bias=5.0, stage1_projection=None):
+    """Two-stage MoCLIP training with early stopping; returns the best checkpoint's path. None = the preset's value.
+    feat_bias must be the one LUMA will train with (train.py checks): both see the same normalised motions."""
+    from data import (BUILT_DATASETS, DATA_ROOTS, KINDS, InputError, load_checkpoint, prepare_dataset,
+                      save_checkpoint)
     if dataset not in KINDS:
         raise ValueError(f"unknown dataset {dataset!r}; expected one of {sorted(KINDS)}")
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
@@ -361,11 +404,13 @@ def train_moclip(dataset="synthetic", data_root=None, out=None, clip_model=None,
     out = Path(out or f"checkpoints/moclip_{dataset}.pt")
     last_path = out.with_name(out.stem + "_last.pt")             # resumable state, optimiser included
     given = dict(clip_model=clip_model, clip_pretrained=clip_pretrained, epochs=epochs, stage1_epochs=stage1_epochs,
-                 batch_size=batch_size, lr=lr, stage2_lr=stage2_lr, weight_decay=weight_decay, patience=patience)
+                 batch_size=batch_size, lr=lr, stage2_lr=stage2_lr, weight_decay=weight_decay, patience=patience,
+                 stage1_projection=stage1_projection)
     given = {k: v for k, v in given.items() if v is not None}
 
     prepare_dataset(dataset, data_root, synthetic_motions)      # synthetic, bandai: built on first use
-    train_set, val_set = _open_dataset(dataset, data_root, "train"), _open_dataset(dataset, data_root, "val")
+    train_set = _open_dataset(dataset, data_root, "train", feat_bias)
+    val_set = _open_dataset(dataset, data_root, "val", feat_bias)
 
     if resume:
         if not last_path.is_file():
@@ -387,6 +432,9 @@ def train_moclip(dataset="synthetic", data_root=None, out=None, clip_model=None,
         hp = {**PRESETS["small" if dataset in BUILT_DATASETS else "paper"], **given, "seed": seed}
         if hp["clip_model"] == "small" and clip_pretrained is None:
             hp["clip_pretrained"] = "none"                       # the small tower has no pretrained weights
+        if hp["clip_model"] == "small" and hp["clip_pretrained"] != "none":
+            raise InputError(f"the small text tower has no pretrained weights; pass --clip-pretrained none (got "
+                             f"{hp['clip_pretrained']!r}) or a named --clip-model such as ViT-B-32")
         torch.manual_seed(seed)
         model = MoCLIP(train_set.mean.shape[0], hp["clip_model"], hp["clip_pretrained"],
                        motion_width=hp["motion_width"], motion_layers=hp["motion_layers"],
@@ -402,7 +450,9 @@ def train_moclip(dataset="synthetic", data_root=None, out=None, clip_model=None,
     def checkpoint():
         return {"format": "moclip", **moclip_state(model), "mean": torch.from_numpy(train_set.mean),
                 "std": torch.from_numpy(train_set.std), "dataset": dataset, "data_root": str(data_root),
-                "kind": KINDS[dataset], "stage": stage, "epoch": epoch, "history": history}
+                "kind": KINDS[dataset], "stats_sha1": train_set.stats_sha1, "feat_bias": feat_bias,
+                "seed": hp["seed"], "stage1_projection": hp.get("stage1_projection", False), "stage": stage,
+                "epoch": epoch, "history": history}
 
     while epoch < hp["epochs"]:
         if stage == 2 and bad_epochs >= hp["patience"]:          # early stopping on the validation loss
@@ -458,6 +508,7 @@ def topk_accuracy(similarity, ks=(1, 2, 3)):
 @torch.no_grad()
 def retrieval_eval(model, dataset, repeats=20, batch_size=32, seed=0):
     """Top-1/2/3 text->motion and motion->text in shuffled batches (drop last) -> {'t2m_top1': (mean, ci95), ...}."""
+    from data import InputError
     model.eval()
     runs = []
     for r in range(repeats):
@@ -496,6 +547,7 @@ def format_retrieval(result):
 
 def get_args(argv=None):
     """The command line, every value checked before any work starts (a bad one exits with the usage line, status 2)."""
+    from data import KINDS, SEED, device_name, file_path, float_range, int_range
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--dataset", default=None, choices=sorted(KINDS),
                    help="training data (default synthetic, generated on first use); for --eval the default is the "
@@ -525,6 +577,11 @@ def get_args(argv=None):
                    help="--dataset synthetic: (re)generate with this many motions (default: keep an existing "
                         "dataset, else generate 2000)")
     p.add_argument("--keep-stage1", action="store_true", help="also save <out>_stage1.pt at the end of stage 1")
+    p.add_argument("--stage1-projection", action="store_true", default=None,
+                   help="also train the text projection and the temperature in stage 1, as the precursor does (App. "
+                        "B trains only the MotionEncoder there; see README 'Choices')")
+    p.add_argument("--feat-bias", type=float_range(0, low_open=True), default=5.0,
+                   help="std divisor of the root and foot-contact features (StableMoFusion); must match train.py's")
     p.add_argument("--resume", action="store_true", help="continue from <out>_last.pt")
     p.add_argument("--device", type=device_name, default=None, help="cuda or cpu (default: cuda if available)")
     p.add_argument("--seed", type=SEED, default=0)
@@ -539,6 +596,7 @@ def get_args(argv=None):
 
 def evaluate_checkpoint(args):
     """--eval: the Table 5 retrieval of a checkpoint on the test split of its own dataset (or --dataset)."""
+    from data import DATA_ROOTS, InputError, prepare_dataset
     path = args.checkpoint or args.out or f"checkpoints/moclip_{args.dataset or 'synthetic'}.pt"
     model = load_moclip(path, args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     dataset = args.dataset or model.dataset
@@ -546,7 +604,7 @@ def evaluate_checkpoint(args):
         raise InputError(f"{path} does not record the dataset it was trained on; pass --dataset and --data-root")
     root = args.data_root or (model.data_root if dataset == model.dataset else DATA_ROOTS[dataset])
     prepare_dataset(dataset, root)                               # synthetic, bandai: built on first use
-    test_set = _open_dataset(dataset, root, "test")
+    test_set = _open_dataset(dataset, root, "test", model.feat_bias or 5.0)
     if not np.allclose(test_set.mean, model.mean.numpy()) or not np.allclose(test_set.std, model.std.numpy()):
         raise InputError(f"{root} normalises motions differently from the data {path} was trained on "
                          f"({model.dataset} at {model.data_root}); evaluate on that data, or pass its --data-root")
@@ -558,6 +616,7 @@ def evaluate_checkpoint(args):
 
 
 def main(argv=None):
+    from data import user_errors
     args = get_args(argv)
     with user_errors(WeightsUnavailable):          # our messages, not tracebacks; a bug keeps its traceback
         if args.eval:
@@ -565,7 +624,8 @@ def main(argv=None):
         return train_moclip(args.dataset or "synthetic", args.data_root, args.out, args.clip_model,
                             args.clip_pretrained, args.epochs, args.stage1_epochs, args.batch_size, args.lr,
                             args.stage2_lr, args.weight_decay, args.patience, args.device, args.seed, args.resume,
-                            args.keep_stage1, args.synthetic_motions)
+                            args.keep_stage1, args.synthetic_motions, feat_bias=args.feat_bias,
+                            stage1_projection=args.stage1_projection)
 
 
 if __name__ == "__main__":

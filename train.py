@@ -11,6 +11,18 @@ One training step (Alg. 1):
     z_fre, z_tem = DualAnchor(h, t)                                          Eq. (4)-(7)
     L = L_DDPM + zeta(n) (lambda_fre L_fre + lambda_tem L_tem)                Eq. (8)-(11)
 
+Alg. 1 (App. C), line by line:
+    1  for n = 1 to N_train                      main(): the `while step < args.steps` loop; n = step + 1
+    2  sample (x0, c), t, eps                     get_batch (x0, c); draw_diffusion_noise (t, eps, the CFG drop)
+    3  x_t = sqrt(a_t) x0 + sqrt(1 - a_t) eps     luma_loss: q_sample                              Eq. (1)
+    4  (x0_hat, h) = DENOISER(x_t, f_text(c), t)  luma_loss: features.text_tokens, then LUMA.forward -> UNet
+                                                  (LUMA predicts x0, the backbone's choice; Alg. 1 writes eps_hat)
+    5  (z_fre, z_tem) = ANCHOR(h, t)              LUMA.forward: timestep_embedding e(t), DualAnchor  Eq. (4)-(7)
+    6  zeta = 1/2 [1 + cos(pi min(n / N, 1))]     luma_loss: model.weighting(step + 1)             Eq. (11)
+    7  L_total = L_DDPM + zeta (lambda_fre L_fre + lambda_tem L_tem)
+                                                  luma_loss: masked_mse, dual_anchor_loss, weigh   Eq. (8)-(10)
+    8  Theta <- Theta - eta grad L_total          train_step: backward, clip, AdamW (and the EMA)
+
 Everything the paper fixes is a default here; every ablation of Tables 2-4 is a flag. MoCLIP (App. B) is trained
 first by moclip.py when no --moclip-checkpoint is given. The run folder holds a resumable checkpoint, a CSV of the
 loss terms and zeta, sample animations, and a self-contained final checkpoint for sample.py / evaluate.py.
@@ -37,8 +49,9 @@ from data import (BUILT_DATASETS, DATA_ROOTS, KINDS, MAX_MOTION_LENGTH, SEED, In
                   folder_path, int_range, load_checkpoint, load_weights, prepare_dataset, save_checkpoint, to_device,
                   user_errors, write_atomic)
 from diffusion import alphas_cumprod, linear_betas, masked_mse, q_sample
-from moclip import MoCLIP, WeightsUnavailable, clip_model_name, load_moclip, moclip_state, train_moclip
-from unet import PRESETS as UNET_PRESETS, UNet
+from moclip import (MoCLIP, WeightsUnavailable, clip_model_name, initial_text_tower, load_moclip, moclip_state,
+                    train_moclip)
+from unet import PRESETS as UNET_PRESETS, UNet, timestep_embedding
 
 
 # Training presets. "paper" is Sec. 4 / StableMoFusion's recipe; "small" fits a 2-core CPU in minutes (the README's
@@ -80,7 +93,8 @@ def get_args(argv=None):
                    help="paper (default for humanml3d/kit) or small (default for synthetic; CPU-sized)")
     g.add_argument("--moclip-checkpoint", default=None, help="frozen MoCLIP; trained first by moclip.py if omitted")
     g.add_argument("--text-encoder", choices=["moclip", "clip"], default="moclip",
-                   help="cross-attention text features: MoCLIP's fine-tuned tower or plain CLIP (Table 2 'w/o MoCLIP')")
+                   help="cross-attention text features: MoCLIP's fine-tuned tower, or the tower MoCLIP started from "
+                        "(Table 2 'w/o MoCLIP'; with the small preset that is its seeded random initialisation)")
     g.add_argument("--clip-model", type=clip_model_name, default=None,
                    help="open_clip text tower for --text-encoder clip (default: MoCLIP's)")
     g.add_argument("--clip-pretrained", default=None, help="its weights, or 'none' (default: MoCLIP's)")
@@ -93,8 +107,8 @@ def get_args(argv=None):
                    help="where the anchors tap the UNet (Table 3; 'mid' = Bottleneck)")
     g.add_argument("--dct-k", type=int_range(1, MAX_MOTION_LENGTH), default=64,
                    help=f"low-frequency DCT coefficients kept, 1..{MAX_MOTION_LENGTH} (the training window) (Table 3)")
-    g.add_argument("--anchor-weighting", default="cosine", choices=["cosine", "static", "learnable"],
-                   help="zeta(n): Eq. (11) cosine decay, or Table 4's static / learnable alternatives")
+    g.add_argument("--anchor-weighting", default=None, choices=["cosine", "static", "learnable"],
+                   help="zeta(n): Eq. (11) cosine decay (default), or Table 4's static / learnable alternatives")
     g.add_argument("--anchor-decay-steps", type=count, default=None, help="N of Eq. (11) (paper silent; 30k of 50k)")
     g.add_argument("--lambda-fre", type=float_range(0), default=0.1, help="weight of L_fre in Eq. (10) (App. D)")
     g.add_argument("--lambda-tem", type=float_range(0), default=0.5, help="weight of L_tem in Eq. (10) (App. D)")
@@ -137,6 +151,10 @@ def get_args(argv=None):
     args.out_dir = args.out_dir or f"runs/luma_{args.dataset}"
     if args.no_anchors:
         args.no_fre = args.no_tem = True
+    if args.no_fre and args.no_tem and args.anchor_weighting is not None:
+        p.error(f"--anchor-weighting {args.anchor_weighting} weighs the anchor losses, and --no-anchors (or --no-fre "
+                f"with --no-tem) removes both: there is nothing to weigh; drop one of the flags")
+    args.anchor_weighting = args.anchor_weighting or "cosine"
     check_args(p, args)
     return args
 
@@ -179,7 +197,8 @@ class LUMA(torch.nn.Module):
             return x0_hat, None, None
         lengths = lengths.to(h.device)                                       # callers may pass host lengths
         valid = torch.arange(h.shape[-1], device=h.device) * self.unet.anchor_downsample < lengths[:, None]  # (B, T')
-        z_fre, z_tem = self.anchor(h, t, valid)                              # Eq. (6), (7)
+        e = timestep_embedding(t, self.anchor.time_dim)                      # e(t) of Eq. (4)-(5), sinusoidal
+        z_fre, z_tem = self.anchor(h, e, valid)                              # Eq. (6), (7)
         return x0_hat, z_fre, z_tem
 
 
@@ -202,15 +221,36 @@ def build_optimizer(args, model, device):
                              fused=torch.device(device).type in ("cuda", "cpu"))
 
 
+def check_moclip_normalisation(moclip, moclip_path, dataset, args):
+    """The frozen MoCLIP must have seen motions normalised as LUMA's are: its motion encoder gives the temporal anchor
+    target f_tem(x0) of Eq. (9) for LUMA's normalised x0. Compared on the arrays, named by what made them."""
+    if np.allclose(moclip.mean.numpy(), dataset.mean) and np.allclose(moclip.std.numpy(), dataset.std):
+        return
+    trained = (f"{moclip.dataset} at {moclip.data_root}, Mean/Std {moclip.stats_sha1 or 'unrecorded'}, --feat-bias "
+               f"{moclip.feat_bias if moclip.feat_bias is not None else 'unrecorded'}")
+    raise InputError(
+        f"the MoCLIP checkpoint {moclip_path} was trained on motions normalised differently ({trained}) from this "
+        f"run's ({args.dataset} at {args.data_root}, Mean/Std {dataset.stats_sha1}, --feat-bias {args.feat_bias}); "
+        f"its motion encoder would score the temporal anchor on the wrong scale. Train a MoCLIP on this data: python "
+        f"moclip.py --dataset {args.dataset} --data-root {args.data_root} --feat-bias {args.feat_bias} --out "
+        f"<new.pt>, then pass --moclip-checkpoint <new.pt>")
+
+
 def build_text_encoder(args, moclip):
-    """The frozen text tower for cross-attention: MoCLIP's (default) or an un-fine-tuned CLIP (Table 2)."""
+    """The frozen text tower for cross-attention: MoCLIP's (default) or CLIP before MoCLIP's training (Table 2's
+    "w/o MoCLIP"): the tower MoCLIP started from (moclip.initial_text_tower: its pretrained weights, or its random
+    initialisation rebuilt from the recorded seed), or with --clip-model / --clip-pretrained another open_clip tower."""
     if args.text_encoder == "moclip":
         return moclip
     clip_model = args.clip_model or moclip.config["clip_model"]
     clip_pretrained = args.clip_pretrained or moclip.config["clip_pretrained"]
-    same_tower = clip_model == moclip.config["clip_model"]            # else the named model's own configuration
-    return MoCLIP(moclip.config["motion_dim"], clip_model=clip_model, clip_pretrained=clip_pretrained,
-                  text_config=moclip.config["text_config"] if same_tower else None).eval().requires_grad_(False)
+    if clip_model == moclip.config["clip_model"] and clip_pretrained == moclip.config["clip_pretrained"]:
+        try:
+            return initial_text_tower(moclip)
+        except ValueError as error:
+            raise InputError(f"--text-encoder clip: {error}") from None
+    return MoCLIP(moclip.config["motion_dim"], clip_model=clip_model, clip_pretrained=clip_pretrained
+                  ).eval().requires_grad_(False)
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -284,7 +324,7 @@ def draw_diffusion_noise(step, batch_size, shape, seed, device, rank=0, world_si
 
 
 def luma_loss(args, model, luma_forward, features, abar, batch, step, rank=0, world_size=1):
-    """Alg. 1 lines 3-9 on this rank's share of batch `step` -> (loss, {"ddpm", "fre", "tem", "zeta": 0-d tensors}).
+    """Alg. 1 lines 2-7 on this rank's share of batch `step` -> (loss, {"ddpm", "fre", "tem", "zeta": 0-d tensors}).
 
     luma_forward is `model`, or its torch.compile / DistributedDataParallel wrapper; features (FrozenFeatures) runs
     the frozen MoCLIP towers under the same autocast as the UNet."""
@@ -446,8 +486,9 @@ def run(args):
         else:
             print(f"no --moclip-checkpoint given: training MoCLIP first -> {moclip_path}")
             train_moclip(dataset=args.dataset, data_root=args.data_root, out=moclip_path, device=args.device,
-                         seed=args.seed)
+                         seed=args.seed, feat_bias=args.feat_bias)
     moclip = load_moclip(moclip_path, device=device)
+    check_moclip_normalisation(moclip, moclip_path, dataset, args)
     text_encoder = build_text_encoder(args, moclip).to(device)
     features = FrozenFeatures(text_encoder, moclip, cache=args.feature_cache)    # the frozen towers' outputs
 

@@ -1,0 +1,369 @@
+"""
+The paper's analyses of LUMA and MoCLIP, each a figure: the gradient flow per UNet block (Fig. 3 / Fig. 8, App. G),
+the DCT spectrum of the motions that sets k (Fig. 7, App. F), and the attention of MoCLIP's final text layer
+against the tower it started from (Fig. 9, App. B). evaluate.py is the evaluation protocol; this file measures why.
+
+    load_training_run(checkpoint.pt) -> (LUMA, text encoder, config)
+    gradient_flow(model, text_tokens, x0, lengths, tem_target, timesteps, zeta)  -> {t: {block: mean |grad|}}
+    plot_gradient_flow(flows, path)
+    dct_spectrum(motions) -> (mean |coefficient|, energy) per frequency;  energy_share(energy, k)
+    final_layer_attention(model, texts) -> per text: tokens, attention each position receives (normalised)
+    plot_attention(rows, path)
+
+    python analysis.py gradflow --runs runs/luma_synthetic runs/luma_synthetic_no_anchors   # Fig. 3 / 8
+    python analysis.py spectrum --dataset synthetic                                          # Fig. 7
+    python analysis.py attention --checkpoint checkpoints/moclip_synthetic.pt                # Fig. 9
+"""
+
+import argparse
+import random
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from anchors import dct, dual_anchor_loss
+from data import (DATA_ROOTS, KINDS, SEED, InputError, MotionDataset, device_name, float_range, folder_path,
+                  int_range, load_checkpoint, load_weights, prepare_dataset, read_text_lines, user_errors,
+                  write_atomic)
+from diffusion import alphas_cumprod, linear_betas, masked_mse, q_sample
+from moclip import initial_text_tower, load_moclip, moclip_from_state
+
+
+def _pyplot():
+    """matplotlib's pyplot on the file-only Agg backend (no screen needed)."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    return plt
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# 1. Gradient flow per UNet block (Fig. 3 / Fig. 8, App. G)
+
+
+def load_training_run(path, device="cpu"):
+    """(LUMA model, text encoder, config) from a train.py checkpoint.pt (the one holding the anchor heads); config.step
+    is the number of optimiser steps the checkpoint has taken."""
+    state = load_checkpoint(path, "a LUMA training checkpoint with its anchor heads (final.pt has none)",
+                            "train.py (runs/<run>/checkpoint.pt)", fmt="luma",
+                            keys=("model", "config", "unet_config", "text_encoder"))
+    from train import build_model
+    args = argparse.Namespace(**{**state["config"], "step": state.get("step", 0)})   # .step: optimiser steps done
+    text_encoder = moclip_from_state(state["text_encoder"], source=path).to(device)
+    anchor_dim = state["model"]["anchor.tem_proj.out.weight"].shape[0] if "anchor.tem_proj.out.weight" in \
+        state["model"] else text_encoder.embed_dim
+    model = build_model(args, state["unet_config"]["motion_dim"], text_encoder.text_width, anchor_dim)
+    load_weights(model, state["model"], path, "LUMA")
+    return model.to(device), text_encoder, args
+
+
+def gradient_flow(model, text_tokens, x0, lengths, tem_target=None, timesteps=(750, 500, 250, 0),
+                  zeta=1.0, lambda_fre=0.1, lambda_tem=0.5, seed=0):
+    """{t: {block: mean |grad| over the block's parameters}} for Eq. (10): L_DDPM + zeta * DAL (zeta = 0: L_DDPM).
+
+    model: train.LUMA; text_tokens (B, L, W), x0 (B, T, D) normalised clean motion, lengths (B,), tem_target
+    (B, D_a) = frozen MoCLIP(x0). Every sample gets the same t, all conditional; dropout off (eval mode).
+    """
+    abar = alphas_cumprod(linear_betas(1000)).to(x0.device)
+    generator = torch.Generator(x0.device).manual_seed(seed)
+    noise = torch.randn(x0.shape, generator=generator, device=x0.device)          # one noise for every t
+    cond = torch.ones(len(x0), dtype=torch.bool, device=x0.device)
+    was_training = model.training
+    model.eval()
+    result = {}
+    for t_value in timesteps:
+        t = torch.full((len(x0),), t_value, dtype=torch.long, device=x0.device)
+        model.zero_grad(set_to_none=True)
+        x0_hat, z_fre, z_tem = model(q_sample(x0, t, noise, abar), t, text_tokens, cond, lengths)   # Eq. (1)
+        loss = masked_mse(x0_hat, x0, lengths)                                                       # Eq. (2)
+        if zeta > 0 and (z_fre is not None or z_tem is not None):
+            loss = loss + zeta * dual_anchor_loss(z_fre, z_tem, x0, tem_target, lambda_fre, lambda_tem)[0]  # Eq. (10)
+        loss.backward()
+        result[t_value] = {}
+        for name, block in model.unet.named_blocks():
+            grads = [p.grad.abs().flatten() for p in block.parameters() if p.grad is not None]
+            result[t_value][name] = torch.cat(grads).mean().item() if grads else 0.0
+    model.zero_grad(set_to_none=True)
+    model.train(was_training)
+    return result
+
+
+def plot_gradient_flow(flows, path, threshold=0.01):
+    """Bar charts like Fig. 3/8: one row per run (label -> gradient_flow result), one panel per timestep.
+
+    Down and mid blocks red, up blocks blue; the dashed line marks threshold x the mean over blocks (1%).
+    """
+    plt = _pyplot()
+    labels = list(flows)
+    timesteps = list(next(iter(flows.values())))
+    fig, axes = plt.subplots(len(labels), len(timesteps), figsize=(3.2 * len(timesteps), 2.8 * len(labels)),
+                             squeeze=False, sharey=True)
+    for r, label in enumerate(labels):
+        for c, t in enumerate(timesteps):
+            names, values = zip(*flows[label][t].items())
+            colours = ["tab:blue" if n.startswith("up") else "tab:red" for n in names]
+            ax = axes[r][c]
+            ax.bar(range(len(names)), values, color=colours)
+            ax.axhline(threshold * np.mean(values), color="k", linestyle="--", linewidth=1)
+            ax.set_yscale("log")
+            ax.set_xticks(range(len(names)), names, rotation=90, fontsize=7)
+            ax.set_title(f"{label}\nt = {t}", fontsize=8)
+    axes[0][0].set_ylabel("mean |grad|")
+    fig.tight_layout()
+    write_atomic(Path(path), lambda f: fig.savefig(f, format="png", dpi=100))
+    plt.close(fig)
+    return Path(path)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# 2. The DCT spectrum of the training motions (Fig. 7, App. F)
+
+def dct_spectrum(motions):
+    """Mean |DCT coefficient| (T,) and total energy (T,) per frequency, over motions (T, D) each.
+
+    motions: an iterable of normalised, zero-padded windows of one length T (the training windows). Energy is the sum
+    of squared coefficients over motions and features (Parseval: it adds up to the signal energy).
+    """
+    magnitude, energy, count = None, None, 0
+    for motion in motions:
+        coefficients = dct(torch.as_tensor(np.asarray(motion), dtype=torch.float64), dim=0)   # Eq. (16): (T, D)
+        if magnitude is None:
+            magnitude = torch.zeros(coefficients.shape[0], dtype=torch.float64)
+            energy = torch.zeros_like(magnitude)
+        magnitude += coefficients.abs().mean(dim=1)
+        energy += (coefficients ** 2).sum(dim=1)
+        count += 1
+    if count == 0:
+        raise ValueError("dct_spectrum got no motions")
+    return (magnitude / count).numpy(), energy.numpy()
+
+
+def energy_share(energy, k):
+    """Fraction of the spectral energy (T,) in the first k coefficients (App. F: 83.6% for k = 64 on HumanML3D)."""
+    return float(energy[:k].sum() / energy.sum())
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# 3. Attention in MoCLIP's final text layer, against the tower it started from (Fig. 9, App. B)
+
+FIG9_PROMPTS = ["a man crouched down and then rolled forward", "a person waves with the right hand",
+                "a person walks forward then turns left", "a person jumps up and down"]
+
+
+def final_layer_attention(model, texts):
+    """Per text: (tokens list[str], received (n,) float64) in the final Transformer layer of model's text tower.
+
+    received[j] is the attention position j receives from all other positions (under the causal mask position i
+    sees j <= i), averaged over the heads and normalised to sum 1 over the caption's n tokens, start and end tokens
+    included (App. B: "the total attention received by the feature vector at each sequence position from all other
+    positions, ... averaged across all attention heads and normalized"). The layer's attention is recomputed from
+    its own input, captured by a hook, with the weights returned; the tower itself runs unchanged."""
+    tower, captured = model.text, {}
+    attention = tower.transformer.resblocks[-1].attn
+
+    def keep_input(module, args, kwargs):
+        captured["x"], captured["mask"] = args[0], kwargs.get("attn_mask")
+    hook = attention.register_forward_pre_hook(keep_input, with_kwargs=True)
+    try:
+        ids = model.tokenize(texts)
+        with torch.no_grad():
+            tower(ids)
+            x = captured["x"]
+            _, weights = attention(x, x, x, need_weights=True, attn_mask=captured["mask"],
+                                   average_attn_weights=True)                    # (B, L, L): query i, key j
+    finally:
+        hook.remove()
+    rows = []
+    for b in range(len(texts)):
+        n = int(ids[b].argmax()) + 1                      # the end-of-text token has the largest id
+        w = weights[b, :n, :n].double().cpu()
+        received = w.sum(0) - w.diagonal()                # from all other positions
+        tokens = [model.tokenizer.decode([int(i)]).strip() for i in ids[b, :n]]
+        rows.append((tokens, (received / received.sum()).numpy()))
+    return rows
+
+
+def plot_attention(rows, path):
+    """One bar chart per prompt of MoCLIP's minus the initial tower's attention per token (red: more in MoCLIP)."""
+    plt = _pyplot()
+    fig, axes = plt.subplots(len(rows), 1, figsize=(9, 2.2 * len(rows)), squeeze=False)
+    for ax, (text, tokens, trained, initial) in zip(axes[:, 0], rows):
+        difference = trained - initial
+        ax.bar(range(len(tokens)), difference, color=["tab:red" if d > 0 else "tab:blue" for d in difference])
+        ax.axhline(0, color="k", lw=0.5)
+        ax.set_xticks(range(len(tokens)), tokens, fontsize=8)
+        ax.set_title(f'"{text}"', fontsize=9)
+        ax.set_ylabel("Δ attention", fontsize=8)
+    fig.suptitle("final text layer: attention received, MoCLIP minus the tower it started from", fontsize=10)
+    fig.tight_layout()
+    write_atomic(Path(path), lambda f: fig.savefig(f, format="png", dpi=100))
+    plt.close(fig)
+    return Path(path)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# 4. Command line
+
+def run_gradflow(args):
+    """Fig. 3 / 8: mean |grad| per block for each run at each timestep -> CSV + PNG bar charts."""
+    from train import get_batch
+    device = torch.device(args.device)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    flows, zetas = {}, {}
+    for run in args.runs:
+        checkpoint = Path(run) / "checkpoint.pt" if Path(run).is_dir() else Path(run)
+        model, text_encoder, config = load_training_run(checkpoint, device)
+        dataset = MotionDataset(config.data_root, split="train", kind=KINDS[config.dataset], feat_bias=config.feat_bias)
+        x0, lengths, captions, _ = get_batch(dataset, 0, args.batch_size, args.seed, device)
+        with torch.no_grad():
+            text_tokens = text_encoder.encode_text_tokens(captions)
+            target = None
+            if model.anchor is not None and model.anchor.tem_proj is not None:
+                target = load_moclip(args.moclip_checkpoint or f"checkpoints/moclip_{config.dataset}.pt",
+                                     device).encode_motion(x0, lengths)
+        # zeta: what training applied at this checkpoint's step (Eq. 11 / Table 4), unless --zeta is given
+        if model.anchor is None:
+            zeta = 0.0
+        elif args.zeta is not None:
+            zeta = args.zeta
+        else:
+            zeta = float(model.weighting(config.step).detach())
+        label = Path(run).name if Path(run).is_dir() else Path(run).parent.name
+        label += f" (step {config.step}, " + ("no DAL)" if model.anchor is None else f"zeta {zeta:.2f})")
+        zetas[label] = zeta
+        flows[label] = gradient_flow(model, text_tokens, x0, lengths, target, args.timesteps, zeta=zeta,
+                                     lambda_fre=config.lambda_fre, lambda_tem=config.lambda_tem, seed=args.seed)
+    def write_csv(f):
+        f.write(b"run,zeta,t,block,mean_abs_grad,threshold_1pct_of_mean\n")
+        for label, flow in flows.items():
+            for t, blocks in flow.items():
+                threshold = 0.01 * np.mean(list(blocks.values()))
+                for name, value in blocks.items():
+                    f.write(f"{label},{zetas[label]:.4g},{t},{name},{value:.6g},{threshold:.6g}\n".encode())
+    write_atomic(out / "gradflow.csv", write_csv)
+    plot_gradient_flow(flows, out / "gradflow.png")
+    for label, flow in flows.items():
+        print(f"{label}: mean |grad| per block at t = {', '.join(map(str, flow))}")
+        for name in next(iter(flow.values())):
+            print(f"  {name:6}" + "".join(f"{flow[t][name]:12.3e}" for t in flow))
+    print(f"wrote {out / 'gradflow.csv'} and {out / 'gradflow.png'}")
+
+
+def run_spectrum(args):
+    """Fig. 7: mean DCT magnitude per coefficient of the normalised training windows, energy share of the first k."""
+    root = args.data_root or DATA_ROOTS[args.dataset]
+    prepare_dataset(args.dataset, root)
+    dataset = MotionDataset(root, split=args.split, kind=KINDS[args.dataset])
+    random.seed(args.seed)                                       # the random 196-frame window of longer clips
+    magnitude, energy = dct_spectrum(motion for _, motion, _ in dataset)
+    shares = {k: energy_share(energy, k) for k in sorted({8, 16, 32, 64, 128, args.k})}
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    write_atomic(out / "spectrum.csv", lambda f: np.savetxt(
+        f, np.stack([np.arange(len(magnitude)), magnitude], 1), delimiter=",", header="coefficient,mean_abs_dct",
+        comments="", fmt=["%d", "%.6g"]))
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(6, 3))
+    ax.plot(magnitude)
+    ax.axvspan(0, args.k, alpha=0.2)
+    ax.set_yscale("log")
+    ax.set_xlabel("DCT coefficient")
+    ax.set_ylabel("mean |coefficient|")
+    ax.set_title(f"{args.dataset} {args.split}: first {args.k} hold {100 * shares[args.k]:.1f}% of the energy",
+                 fontsize=9)
+    fig.tight_layout()
+    write_atomic(out / "spectrum.png", lambda f: fig.savefig(f, format="png", dpi=100))
+    plt.close(fig)
+    print(f"{len(dataset)} windows of {args.dataset}/{args.split}; energy share of the first k DCT coefficients: "
+          + ", ".join(f"k={k}: {100 * v:.1f}%" for k, v in shares.items()))
+    print(f"wrote {out / 'spectrum.csv'} and {out / 'spectrum.png'}")
+
+
+def run_attention(args):
+    """Fig. 9: attention received per token in the final text layer, MoCLIP vs its initial tower -> CSV + PNG."""
+    model = load_moclip(args.checkpoint, args.device)
+    try:
+        initial = initial_text_tower(model)
+    except ValueError as error:
+        raise InputError(f"{args.checkpoint}: {error}") from None
+    texts = list(args.text or [])
+    if args.text_file:
+        texts += [line.strip() for _, line in read_text_lines(args.text_file, "prompt file", "one caption per line")]
+    texts = texts or FIG9_PROMPTS
+    rows = [(text, tokens, trained, initial_row[1]) for text, (tokens, trained), initial_row in
+            zip(texts, final_layer_attention(model, texts), final_layer_attention(initial, texts))]
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+
+    def write_csv(f):
+        f.write(b"prompt,position,token,moclip,initial,difference\n")
+        for text, tokens, trained, start in rows:
+            for j, token in enumerate(tokens):
+                f.write(f'"{text}",{j},"{token}",{trained[j]:.6g},{start[j]:.6g},{trained[j] - start[j]:.6g}\n'
+                        .encode())
+    write_atomic(out / "attention.csv", write_csv)
+    plot_attention(rows, out / "attention.png")
+    tower = f"{model.config['clip_model']}/{model.config['clip_pretrained']}"
+    print(f"final-layer attention received per token, {args.checkpoint} against its initial tower ({tower}):")
+    for text, tokens, trained, start in rows:
+        order = np.argsort(start - trained)                   # largest gain first
+        gains = ", ".join(f"{tokens[j]} {trained[j] - start[j]:+.3f}" for j in order[:3])
+        print(f'  "{text}": most gained by {gains}')
+    print(f"wrote {out / 'attention.csv'} and {out / 'attention.png'}")
+    return rows
+
+
+def _add_run_args(p, out):
+    """--seed, --device and --out, which every subcommand has."""
+    p.add_argument("--seed", type=SEED, default=0)
+    p.add_argument("--device", type=device_name, default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--out", type=folder_path, default=out, help="folder the results are written to")
+
+
+def get_args(argv=None):
+    """The command line, every value checked before any work starts (a bad one exits with the usage line, status 2)."""
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0].strip(),
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True)
+    count = int_range(1)
+    p = sub.add_parser("gradflow", help="Fig. 3 / Fig. 8 analogue: mean |grad| per UNet block at fixed timesteps, "
+                                        "for runs with and without the dual anchor loss")
+    p.add_argument("--runs", nargs="+", required=True,
+                   help="train.py run folders (or their checkpoint.pt), e.g. runs/luma_synthetic "
+                        "runs/luma_synthetic_no_anchors")
+    p.add_argument("--timesteps", type=int_range(0, 999), nargs="+", default=[750, 500, 250, 0],
+                   help="t of Fig. 8, each in 0..999")
+    p.add_argument("--batch-size", type=count, default=32)
+    p.add_argument("--moclip-checkpoint", default=None,
+                   help="frozen MoCLIP for the temporal anchor target (default checkpoints/moclip_<dataset>.pt)")
+    p.add_argument("--zeta", type=float_range(0, 1), default=None,
+                   help="weight of the DAL in the measured loss (default: the zeta(n) training applied at each "
+                        "checkpoint's step; the paper's 40k-step point with N = 30k has zeta = 0); 1 adds it whole")
+    _add_run_args(p, "runs/gradflow")
+    p = sub.add_parser("spectrum", help="Fig. 7 analogue: mean DCT magnitude per coefficient and the energy share "
+                                        "of the first k")
+    p.add_argument("--dataset", default="synthetic", choices=list(DATA_ROOTS))
+    p.add_argument("--data-root", default=None, help="dataset folder (default: data/<dataset>)")
+    p.add_argument("--split", default="train", choices=["train", "val", "test", "train_val", "all"])
+    p.add_argument("--k", type=int_range(1, 196), default=64, help="shaded low-frequency band (the paper's k), 1..196")
+    _add_run_args(p, "runs/spectrum")
+    p = sub.add_parser("attention", help="Fig. 9 analogue: attention received per token in the final text layer, "
+                                         "a MoCLIP checkpoint against the tower it started from")
+    p.add_argument("--checkpoint", default="checkpoints/moclip_synthetic.pt", help="a moclip.py checkpoint")
+    p.add_argument("--text", action="append", default=None,
+                   help="a caption (repeatable; default: four motion descriptions, the first Fig. 9's)")
+    p.add_argument("--text-file", default=None, help="captions, one per line")
+    _add_run_args(p, "runs/attention")
+    return parser.parse_args(argv)
+
+
+def main(argv=None):
+    args = get_args(argv)                          # usage errors: the usage line and exit status 2, before any work
+    with user_errors():                            # expected errors: one paragraph, exit status 1; bugs: a traceback
+        return {"gradflow": run_gradflow, "spectrum": run_spectrum, "attention": run_attention}[args.command](args)
+
+
+if __name__ == "__main__":
+    main()
