@@ -916,6 +916,10 @@ def _protocol_inputs(args):
     root = Path(args.data_root or DATA_ROOTS[args.dataset])
     prepare_dataset(args.dataset, root)
     evaluator_dir, glove_dir, meta_dir = _resolve_evaluator_paths(args)
+    if args.dataset in BUILT_DATASETS and not args.evaluator_dir and not evaluator_dir.is_dir():
+        raise InputError(f"{evaluator_dir} does not exist: {args.dataset} has no official evaluator, so train one "
+                         f"first with `python evaluate.py train-evaluator --dataset {args.dataset}` (it writes that "
+                         f"folder), or point --evaluator-dir at one")
     evaluator = load_evaluator(evaluator_dir, {"t2m": 263, "kit": 251}[kind]).to(args.device)
     vectorizer = WordVectorizer(glove_dir)
     eval_mean, eval_std = load_eval_meta(meta_dir, kind)

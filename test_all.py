@@ -2663,6 +2663,17 @@ def test_sample_rejects_bad_requests(tiny, tmp_path):
     assert not (tmp_path / "never").exists()
 
 
+def test_a_missing_self_trained_evaluator_says_how_to_train_it(tiny, tmp_path):
+    # run where no checkpoints/ folder exists, so the default checkpoints/evaluator_synthetic is surely missing
+    for command in (["t2m", "--real-only"], ["moclip", "--checkpoint", str(tiny[1])]):
+        result = subprocess.run([sys.executable, str(REPO / "evaluate.py"), *command, "--dataset", "synthetic",
+                                 "--data-root", str(tiny[0]), "--device", "cpu"],
+                                capture_output=True, text=True, cwd=tmp_path)
+        assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr
+        assert "checkpoints/evaluator_synthetic does not exist: synthetic has no official evaluator, so train one " \
+               "first with `python evaluate.py train-evaluator --dataset synthetic`" in result.stderr
+
+
 def test_train_cli_reports_a_missing_dataset_without_a_traceback(tmp_path):
     result = subprocess.run([sys.executable, "train.py", "--dataset", "humanml3d", "--data-root", str(tmp_path / "none"),
                              "--out-dir", str(tmp_path / "run")], capture_output=True, text=True, cwd=REPO)
