@@ -319,6 +319,16 @@ JOINT_MAPS = {
 }
 
 
+def joint_map_for(joint_map, kind="t2m"):
+    """--joint-map as the commands take it: a built-in rig's name (JOINT_MAPS) -> its map onto the `kind` skeleton;
+    anything else (a user's JSON file, or a dict) is returned as given."""
+    if not isinstance(joint_map, str) or joint_map not in JOINT_MAPS:
+        return joint_map
+    if kind not in JOINT_MAPS[joint_map]:
+        raise BVHError(f"the built-in map {joint_map} has no {kind} target; pass a JSON map")
+    return JOINT_MAPS[joint_map][kind]
+
+
 def read_joint_map(path):
     """A user's joint map: JSON {"<target joint>": "<source joint>" | ["<source a>", "<source b>"]}."""
     try:
@@ -1078,11 +1088,10 @@ def main(argv=None):
             values = check_dataset(args.root, args.skeleton)
             print(f"{len(next(iter(values.values())))} clips of {args.root} (mirrors included)\n{format_check(values)}")
             return values
-        joint_map = args.joint_map
-        if joint_map in JOINT_MAPS:
-            joint_map = JOINT_MAPS[joint_map].get(args.skeleton)
-            if joint_map is None:
-                p.error(f"the built-in map {args.joint_map} has no {args.skeleton} target; pass a JSON map")
+        try:
+            joint_map = joint_map_for(args.joint_map, args.skeleton)
+        except BVHError as error:
+            p.error(str(error))
         report = import_dataset(args.src, args.out, args.format, joint_map, args.captions, args.skeleton, args.scale,
                                 args.up)
         print(format_report(report))

@@ -432,13 +432,14 @@ def train_moclip(dataset="synthetic", data_root=None, out=None, clip_model=None,
         hp = {**PRESETS["small" if dataset in BUILT_DATASETS else "paper"], **given, "seed": seed}
         if hp["clip_model"] == "small" and clip_pretrained is None:
             hp["clip_pretrained"] = "none"                       # the small tower has no pretrained weights
-        if hp["clip_model"] == "small" and hp["clip_pretrained"] != "none":
-            raise InputError(f"the small text tower has no pretrained weights; pass --clip-pretrained none (got "
-                             f"{hp['clip_pretrained']!r}) or a named --clip-model such as ViT-B-32")
         torch.manual_seed(seed)
-        model = MoCLIP(train_set.mean.shape[0], hp["clip_model"], hp["clip_pretrained"],
-                       motion_width=hp["motion_width"], motion_layers=hp["motion_layers"],
-                       motion_heads=hp["motion_heads"], motion_ff=hp["motion_ff"], dropout=hp["dropout"]).to(device)
+        try:
+            model = MoCLIP(train_set.mean.shape[0], hp["clip_model"], hp["clip_pretrained"],
+                           motion_width=hp["motion_width"], motion_layers=hp["motion_layers"],
+                           motion_heads=hp["motion_heads"], motion_ff=hp["motion_ff"], dropout=hp["dropout"])
+        except ValueError as error:               # the model's own check of the tower choice: the user's to fix
+            raise InputError(str(error)) from None
+        model = model.to(device)
         stage, epoch, best_val, bad_epochs, history = 1, 0, float("inf"), 0, []
         optimizer = _optimizer(model, 1, hp)
     generator = torch.Generator()

@@ -236,8 +236,9 @@ def read_known_motion(source, kind, data_root=None, joint_map="bandai"):
     D, J = skeleton.feature_dim, skeleton.num_joints
     path = Path(source)
     if path.suffix.lower() == ".bvh":
-        from bvh import JOINT_MAPS, bvh_to_joints, read_bvh, read_joint_map
-        mapping = JOINT_MAPS[joint_map][kind] if joint_map in JOINT_MAPS else read_joint_map(joint_map)
+        from bvh import bvh_to_joints, joint_map_for, read_bvh, read_joint_map
+        mapping = joint_map_for(joint_map, kind)
+        mapping = mapping if isinstance(mapping, dict) else read_joint_map(mapping)
         joints, _ = bvh_to_joints(read_bvh(path), mapping, kind)
         return joints_to_features(joints, kind).astype(np.float32)
     if path.suffix.lower() != ".npy":

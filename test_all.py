@@ -981,6 +981,14 @@ def test_joint_maps_list_the_skeletons_joints_in_order():
         ("LeftUpLeg", "LowerBack", "LeftShoulder", "LeftArm")
 
 
+def test_joint_map_for_resolves_built_in_names_for_the_skeleton():
+    assert bvh.joint_map_for("cmu", "t2m") is bvh.JOINT_MAPS["cmu"]["t2m"]
+    assert bvh.joint_map_for("bandai", "kit") is bvh.JOINT_MAPS["bandai"]["kit"]
+    assert bvh.joint_map_for("my_map.json", "t2m") == "my_map.json"            # a user's file, read where it is used
+    with pytest.raises(bvh.BVHError, match="the built-in map cmu has no kit target; pass a JSON map"):
+        bvh.joint_map_for("cmu", "kit")
+
+
 def test_retarget_midpoints_and_the_missing_joints_message():
     positions = np.arange(2 * 3 * 3, dtype=float).reshape(2, 3, 3)
     out = bvh.retarget(positions, ["a", "b", "c"], {"x": "c", "y": ["a", "b"]}, ["x", "y"])
@@ -3482,6 +3490,8 @@ BAD_INPUT = [   # (script, argv, exit status, a phrase of the message)
     # runs and data: never overwrite a run, resume only what fits, data files that are not what they claim (status 1)
     ("train", TRAIN + ["--out-dir", "{run}"], 1, "already holds a training run (checkpoint.pt, final.pt, log.csv); pass --resume to continue it, --overwrite"),
     ("train", TRAIN + ["--out-dir", "{out}/fresh", "--resume"], 1, "--resume given but"),
+    ("train", TRAIN + ["--text-encoder", "clip", "--clip-pretrained", "openai", "--out-dir", "{out}/t7"], 1, "--text-encoder clip: the small text tower has no pretrained weights; pass --clip-pretrained none (got 'openai')"),
+    ("moclip", MOCLIP + ["--clip-model", "small", "--clip-pretrained", "openai", "--out", "{out}/m.pt"], 1, "the small text tower has no pretrained weights; pass --clip-pretrained none (got 'openai')"),
     ("train", TRAIN + ["--out-dir", "{run}", "--resume", "--dct-k", "8"], 1, "was trained with other flags: --dct-k 64 (now 8)"),
     ("train", TRAIN + ["--out-dir", "{run}", "--resume", "--preset", "paper"], 1, "--unet 'small' (now 'paper')"),
     ("train", TRAIN + ["--data-root", "{pickled_mean}", "--out-dir", "{out}/t4"], 1, "Mean.npy holds pickled Python objects, which are never loaded"),

@@ -249,8 +249,11 @@ def build_text_encoder(args, moclip):
             return initial_text_tower(moclip)
         except ValueError as error:
             raise InputError(f"--text-encoder clip: {error}") from None
-    return MoCLIP(moclip.config["motion_dim"], clip_model=clip_model, clip_pretrained=clip_pretrained
-                  ).eval().requires_grad_(False)
+    try:
+        tower = MoCLIP(moclip.config["motion_dim"], clip_model=clip_model, clip_pretrained=clip_pretrained)
+    except ValueError as error:                   # the model's own check of the tower choice: the user's to fix
+        raise InputError(f"--text-encoder clip: {error}") from None
+    return tower.eval().requires_grad_(False)
 
 
 # ---------------------------------------------------------------------------------------------------------------------
