@@ -1,7 +1,8 @@
 """
 The paper's analyses of LUMA and MoCLIP, each a figure: the gradient flow per UNet block (Fig. 3 / Fig. 8, App. G),
-the DCT spectrum of the motions that sets k (Fig. 7, App. F), and the attention of MoCLIP's final text layer
-against the tower it started from (Fig. 9, App. B). evaluate.py is the evaluation protocol; this file measures why.
+the DCT spectrum of the motions that sets k (Fig. 7, App. F), the attention of MoCLIP's final text layer against
+the tower it started from (Fig. 9, App. B), and the convergence curves of Fig. 4 (validation FID against steps and
+hours, from train.py --eval-every). evaluate.py is the evaluation protocol; this file measures why.
 
     load_training_run(checkpoint.pt) -> (LUMA, text encoder, config)
     gradient_flow(model, text_tokens, x0, lengths, tem_target, timesteps, zeta)  -> {t: {block: mean |grad|}}
@@ -9,13 +10,16 @@ against the tower it started from (Fig. 9, App. B). evaluate.py is the evaluatio
     dct_spectrum(motions) -> (mean |coefficient|, energy) per frequency;  energy_share(energy, k)
     final_layer_attention(model, texts) -> per text: tokens, attention each position receives (normalised)
     plot_attention(rows, path)
+    read_eval_runs(folder) -> per seed (steps, hours, FID, R@3);  plot_convergence(curves, path, threshold)
 
     python analysis.py gradflow --runs runs/luma_synthetic runs/luma_synthetic_no_anchors   # Fig. 3 / 8
     python analysis.py spectrum --dataset synthetic                                          # Fig. 7
     python analysis.py attention --checkpoint checkpoints/moclip_synthetic.pt                # Fig. 9
+    python analysis.py convergence --runs runs/luma_synthetic runs/no_anchors_synthetic --fid-threshold 3   # Fig. 4
 """
 
 import argparse
+import csv
 import random
 from pathlib import Path
 
@@ -203,7 +207,71 @@ def plot_attention(rows, path):
 
 
 # ---------------------------------------------------------------------------------------------------------------------
-# 4. Command line
+# 4. Convergence: FID against steps and training hours (Fig. 4), from train.py --eval-every's eval.csv
+
+def read_eval_runs(folder):
+    """A run folder -> [(step (n,), train_hours (n,), FID (n,), Top3 (n,))], one per seed: its own eval.csv, or
+    the eval.csv of each subfolder (one training run per seed, e.g. luma/seed_0, luma/seed_1)."""
+    folder = Path(folder)
+    paths = [folder / "eval.csv"] if (folder / "eval.csv").is_file() else sorted(folder.glob("*/eval.csv"))
+    if not paths:
+        raise InputError(f"no eval.csv in {folder} or its subfolders: train with `python train.py --eval-every N "
+                         f"--out-dir {folder}` (or one --out-dir {folder}/seed_<s> per seed) first")
+    runs = []
+    for path in paths:
+        with open(path, newline="") as f:
+            rows = [row for row in csv.DictReader(f) if row.get("step", "").isdigit()]
+        if not rows or not {"step", "train_hours", "FID", "Top3"} <= set(rows[0]):
+            raise InputError(f"{path} holds no evaluation rows (columns step, train_hours, FID, Top3 of train.py "
+                             f"--eval-every)")
+        runs.append(tuple(np.array([float(row[key]) for row in rows]) for key in ("step", "train_hours", "FID",
+                                                                                   "Top3")))
+    return runs
+
+
+def seed_band(runs, column):
+    """The seeds' curves on the steps they all share -> (steps, mean, low, high); the band is the mean ± the 95%
+    interval over seeds (1.96 std / sqrt(n), ddof=0, as the protocol's replications), none for one seed."""
+    steps = sorted(set.intersection(*(set(run[0].tolist()) for run in runs)))
+    values = np.array([[run[column][run[0].tolist().index(s)] for s in steps] for run in runs])   # (seeds, steps)
+    mean = values.mean(axis=0)
+    half = 1.96 * values.std(axis=0) / np.sqrt(len(runs))
+    return np.array(steps), mean, mean - half, mean + half
+
+
+def steps_to_threshold(run, threshold):
+    """The first evaluated step whose FID is at or below threshold, or None."""
+    below = np.flatnonzero(run[2] <= threshold)
+    return float(run[0][below[0]]) if len(below) else None
+
+
+def plot_convergence(curves, path, threshold=None):
+    """Fig. 4: FID against optimiser steps and against training hours, one line (and seed band) per run."""
+    plt = _pyplot()
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.8), sharey=True)
+    for label, runs in curves.items():
+        steps, mean, low, high = seed_band(runs, 2)
+        hours = seed_band(runs, 1)[1]
+        name = f"{label} ({len(runs)} seeds)" if len(runs) > 1 else label
+        for ax, x in zip(axes, (steps, hours)):
+            line, = ax.plot(x, mean, marker="o", markersize=3, label=name)
+            if len(runs) > 1:
+                ax.fill_between(x, low, high, color=line.get_color(), alpha=0.2, linewidth=0)
+    for ax, xlabel in zip(axes, ("optimiser steps", "training hours (evaluation time excluded)")):
+        if threshold is not None:
+            ax.axhline(threshold, color="k", linestyle="--", linewidth=1)
+        ax.set_xlabel(xlabel)
+        ax.grid(alpha=0.3)
+    axes[0].set_ylabel("validation FID ↓")
+    axes[0].legend(fontsize=8)
+    fig.tight_layout()
+    write_atomic(Path(path), lambda f: fig.savefig(f, format="png", dpi=100))
+    plt.close(fig)
+    return Path(path)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# 5. Command line
 
 def run_gradflow(args):
     """Fig. 3 / 8: mean |grad| per block for each run at each timestep -> CSV + PNG bar charts."""
@@ -315,6 +383,42 @@ def run_attention(args):
     return rows
 
 
+def run_convergence(args):
+    """Fig. 4: the runs' validation FID against steps and hours -> PNG, and the steps each needs to reach
+    --fid-threshold, with the ratio to the first run (the paper's "1.4x faster": steps(--no-anchors) / steps(LUMA))."""
+    curves = {Path(run).name: read_eval_runs(run) for run in args.runs}
+    if len(curves) < len(args.runs):
+        raise InputError(f"two --runs share a folder name ({', '.join(args.runs)}); the names label the curves")
+    out = Path(args.out)
+    plot_convergence(curves, out / "convergence.png", args.fid_threshold)
+    lines = ["| run | seeds | last step | final FID | final R@3 | steps to FID <= threshold | ratio to the first |",
+             "|---|---|---|---|---|---|---|"]
+    first, reference = next(iter(curves)), None
+    for label, runs in curves.items():
+        steps, fid, fid_low, _ = seed_band(runs, 2)
+        top3 = seed_band(runs, 3)[1]
+        reached = [steps_to_threshold(run, args.fid_threshold) for run in runs] if args.fid_threshold else []
+        needed = float(np.mean(reached)) if reached and None not in reached else None
+        if label == first:
+            reference = needed
+        if not args.fid_threshold:
+            to_threshold, ratio = "-", "-"
+        elif needed is None:
+            to_threshold, ratio = f"not reached by {reached.count(None)} of {len(runs)} seeds", "-"
+        else:
+            to_threshold = f"{needed:.0f}" + (f" (seeds: {', '.join(f'{r:.0f}' for r in reached)})" if len(runs) > 1
+                                              else "")
+            ratio = f"{needed / reference:.2f}" if reference else "-"
+        lines.append(f"| {label} | {len(runs)} | {steps[-1]:.0f} | {fid[-1]:.3f}"
+                     + (f" ± {fid[-1] - fid_low[-1]:.3f}" if len(runs) > 1 else "")
+                     + f" | {top3[-1]:.3f} | {to_threshold} | {ratio} |")
+    table = "\n".join(lines) + "\n"
+    print(table)
+    write_atomic(out / "convergence.md", lambda f: f.write(table.encode()))
+    print(f"wrote {out / 'convergence.png'} and {out / 'convergence.md'}")
+    return curves
+
+
 def _add_run_args(p, out):
     """--seed, --device and --out, which every subcommand has."""
     p.add_argument("--seed", type=SEED, default=0)
@@ -356,13 +460,22 @@ def get_args(argv=None):
                    help="a caption (repeatable; default: four motion descriptions, the first Fig. 9's)")
     p.add_argument("--text-file", default=None, help="captions, one per line")
     _add_run_args(p, "runs/attention")
+    p = sub.add_parser("convergence", help="Fig. 4 analogue: validation FID against steps and hours from train.py "
+                                           "--eval-every runs, and the steps each needs to reach a threshold")
+    p.add_argument("--runs", nargs="+", required=True,
+                   help="run folders holding eval.csv, or one subfolder per seed that does (mean and band over "
+                        "seeds); the first is the reference of the ratio")
+    p.add_argument("--fid-threshold", type=float_range(0, low_open=True), default=None,
+                   help="the dashed line: report the first evaluated step at or below it, per run")
+    p.add_argument("--out", type=folder_path, default="runs/convergence", help="folder the results are written to")
     return parser.parse_args(argv)
 
 
 def main(argv=None):
     args = get_args(argv)                          # usage errors: the usage line and exit status 2, before any work
     with user_errors():                            # expected errors: one paragraph, exit status 1; bugs: a traceback
-        return {"gradflow": run_gradflow, "spectrum": run_spectrum, "attention": run_attention}[args.command](args)
+        return {"gradflow": run_gradflow, "spectrum": run_spectrum, "attention": run_attention,
+                "convergence": run_convergence}[args.command](args)
 
 
 if __name__ == "__main__":

@@ -29,6 +29,7 @@ shared/spec/t2m_evaluator.md (section numbers B.x below refer to it):
                                   MultiModality from mm_repeats generations of mm_captions random test captions
                                   (mm_embeddings -> (M, R, 512) -> multimodality)
     moclip_retrieval (Table 5 analogue): MoCLIP retrieval both ways next to the evaluator's R-precision, same batches
+    ValidationProbe: FID / R-precision on a fixed pass of the validation split, for train.py --eval-every (Fig. 4)
 
     python evaluate.py train-evaluator --dataset synthetic        # -> checkpoints/evaluator_synthetic/
     python evaluate.py t2m --dataset synthetic --real-only        # Real row, 20 replications
@@ -39,6 +40,7 @@ Status: all four subcommands are built; MultiModality (B.8) is computed for ever
 """
 
 import argparse
+import contextlib
 import json
 import math
 import pickle
@@ -734,8 +736,8 @@ def _protocol_loader(dataset, batch_size=32, seed=0):
     loader = torch.utils.data.DataLoader(dataset, batch_size, shuffle=True, drop_last=True, collate_fn=collate_eval,
                                          generator=torch.Generator().manual_seed(seed))
     if len(loader) == 0:
-        raise InputError(f"the test split has {len(dataset)} samples, fewer than one batch of {batch_size} (B.9 "
-                         "needs batches of exactly 32)")
+        raise InputError(f"the {getattr(dataset, 'split', 'test')} split has {len(dataset)} samples, fewer than one "
+                         f"batch of {batch_size} (B.9 needs batches of exactly 32)")
     random.seed(seed)
     return loader
 
@@ -882,6 +884,71 @@ def moclip_retrieval(evaluator, vectorizer, moclip_model, dataset, eval_mean, ev
     return results
 
 
+class ValidationProbe:
+    """Fig. 4's measurement during training (train.py --eval-every): FID, R-precision and MM-Dist of a model on one
+    fixed pass of the validation split.
+
+    Built once: the dataset's evaluator, the first `batches` batches of the B.9 loader (captions, crops, lengths;
+    all of one pass by default) and, for FID, the ground truth of a second pass over the same split (other crops), as
+    B.9 step 4 does per replication. Every call generates those captions with the same seed, so two points of a run,
+    and two runs with the same probe settings, differ only by their models. With few batches FID is biased upwards:
+    compare points with each other, not with Table 1. `real` holds the ground truth's own values on the same batches.
+    Building and calling it leave torch's and Python's global random streams as they were, so a training run draws
+    the same numbers with and without it.
+    """
+
+    def __init__(self, dataset, data_root=None, split="val", batches=0, seed=0, device="cpu", guidance=2.5,
+                 steps=10, evaluator_dir=None):
+        with _random_streams_kept():           # the evaluator's construction initialises (then replaces) weights
+            self._build(dataset, data_root, split, batches, seed, device, guidance, steps, evaluator_dir)
+
+    def _build(self, dataset, data_root, split, batches, seed, device, guidance, steps, evaluator_dir):
+        args = argparse.Namespace(dataset=dataset, data_root=data_root, split=split, device=device,
+                                  evaluator_dir=evaluator_dir, glove_dir=None, eval_meta_dir=None)
+        self.evaluator, self.vectorizer, data = _protocol_inputs(args)
+        self.kind, self.device, self.seed, self.guidance, self.steps = KINDS[dataset], device, seed, guidance, steps
+        self.eval_mean, self.eval_std = data.eval_mean, data.eval_std
+        loader = _protocol_loader(data, 32, seed)
+        self.batches = [batch[:4] for _, batch in zip(range(batches or len(loader)), loader)]   # the scored pass
+        reference = [embed_eval_batch(self.evaluator, self.vectorizer, t, m, l, device)[1]    # the second pass
+                     for _, t, m, l, _ in loader]
+        self.reference = activation_statistics(np.concatenate(reference))
+        self.text_embs = [embed_eval_batch(self.evaluator, self.vectorizer, tokens, motions, m_lens, device)[0]
+                          for _, tokens, motions, m_lens in self.batches]
+        self.real = self._score([motions for _, _, motions, _ in self.batches], real=True)
+
+    def __len__(self):
+        return 32 * len(self.batches)
+
+    def _score(self, motions, real=False):
+        acts, hits, dist = [], np.zeros(3), 0.0
+        for (_, tokens, _, m_lens), text_emb, batch in zip(self.batches, self.text_embs, motions):
+            lens = m_lens if real else generation_lengths(m_lens, self.kind)
+            motion_emb = _embed_motions(self.evaluator, batch, lens, self.device)
+            batch_hits, score = _batch_metrics(text_emb, motion_emb)
+            hits, dist = hits + batch_hits * len(tokens), dist + score * len(tokens)
+            acts.append(motion_emb)
+        n = len(self)
+        return {"FID": frechet_distance(*activation_statistics(np.concatenate(acts)), *self.reference),
+                "Top1": hits[0] / n, "Top2": hits[1] / n, "Top3": hits[2] / n, "MM-Dist": dist / n}
+
+    def __call__(self, sampler):
+        """A sample.LUMASampler (e.g. over train.py's EMA UNet) -> {"FID", "Top1", "Top2", "Top3", "MM-Dist"}."""
+        generate = luma_generator(sampler, self.eval_mean, self.eval_std, self.guidance, self.steps, self.seed)
+        with _random_streams_kept():
+            return self._score([generate(captions, generation_lengths(m_lens, self.kind))
+                                for captions, _, _, m_lens in self.batches])
+
+
+@contextlib.contextmanager
+def _random_streams_kept():
+    """Run a block without moving torch's CPU generator or Python's `random` (the block may seed or draw them)."""
+    state = random.getstate()
+    with torch.random.fork_rng(devices=[]):
+        yield
+    random.setstate(state)
+
+
 def _resolve_evaluator_paths(args):
     """Default evaluator, GloVe and meta folders: the official layout, or train-evaluator's output for synthetic."""
     built = args.dataset in BUILT_DATASETS                # no official weights: train-evaluator's output
@@ -892,9 +959,14 @@ def _resolve_evaluator_paths(args):
 
 
 def _luma_generator(checkpoint, eval_mean, eval_std, device, guidance, steps, seed):
-    """fn(captions, m_lens) -> (B, 196, D) eval-normalised LUMA samples generated at the GT lengths (B.7, MDM)."""
+    """luma_generator for a train.py final.pt."""
     from sample import load_model
-    sampler = load_model(checkpoint, device)
+    return luma_generator(load_model(checkpoint, device), eval_mean, eval_std, guidance, steps, seed)
+
+
+def luma_generator(sampler, eval_mean, eval_std, guidance=2.5, steps=10, seed=0):
+    """A sample.LUMASampler -> fn(captions, m_lens) -> (B, 196, D) eval-normalised samples generated at the GT lengths
+    (B.7, MDM). Each call draws new noise (seeds seed, seed + 1, ...), so replications and MM chunks differ."""
     counter = [seed]
 
     def generate(captions, m_lens):

@@ -817,6 +817,13 @@ def test_splits_are_disjoint_and_keep_mirrors_together(dataset):
         assert all((i[1:] in part) for i in part if i.startswith("M"))
 
 
+def test_synthetic_split_follows_humanml3d_proportions(dataset):
+    # HumanML3D's split files are ~80/5/15 % train/val/test (not the paper's 0.8:0.15:0.05): 24 motions give
+    # round(1.2) = 1 validation and round(3.6) = 4 test motions, each with its mirror
+    clips = {name: len((dataset / f"{name}.txt").read_text().split()) // 2 for name in ("train", "val", "test")}
+    assert clips == {"train": 24 - 1 - 4, "val": round(0.05 * 24), "test": round(0.15 * 24)}
+
+
 def test_mean_std_are_humanml3d_style_block_averaged(dataset):
     ids = (dataset / "all.txt").read_text().split()
     vecs = np.concatenate([np.load(dataset / "new_joint_vecs" / f"{i}.npy") for i in ids]).astype(np.float64)
@@ -3122,7 +3129,7 @@ def test_movement_autoencoder_shapes_and_loss():
 def test_train_evaluator_writes_files_that_load_strictly(tiny, tmp_path):
     root, _ = tiny
     out = evaluate.train_evaluator("synthetic", root, tmp_path / "ev", ae_steps=1, ae_batch_size=4, epochs=1,
-                                   batch_size=8, progress=False)
+                                   batch_size=2, progress=False)   # tiny val split: 2 samples
     path = out / "t2m" / "text_mot_match" / "model" / "finest.tar"
     assert path.is_file()
     state = torch.load(path, weights_only=True)
@@ -3261,6 +3268,19 @@ def test_moclip_command_scores_the_protocol_batches(tiny, tmp_path, capsys):
         assert saved[rows[0]][k]["values"][0] == pytest.approx(real[k][0], abs=1e-12)
 
 
+def _short_clip_root(root, data_root):
+    """root's clips cut to 41 frames, its texts, stats and train split, with every clip in val (48 items: one batch
+    of 32 per pass) -> (data_root, ids)."""
+    (data_root / "new_joint_vecs").mkdir(parents=True)
+    ids = (root / "all.txt").read_text().split()
+    for name in ids:
+        np.save(data_root / "new_joint_vecs" / f"{name}.npy", np.load(root / "new_joint_vecs" / f"{name}.npy")[:41])
+    for name in ("texts", "Mean.npy", "Std.npy", "train.txt"):
+        (data_root / name).symlink_to(root / name)
+    (data_root / "val.txt").write_text("\n".join(ids) + "\n")
+    return data_root, ids
+
+
 def test_t2m_generates_at_the_loader_minimum_on_the_chosen_split(tiny, tmp_path, monkeypatch):
     # Generated rows are made and scored at the GT eval length clamped to >= 40 frames (t2m) / 24 (KIT) and <= 196,
     # as the backbone's evaluation does; --split val evaluates the validation split. Every clip here is cut to 41
@@ -3268,14 +3288,7 @@ def test_t2m_generates_at_the_loader_minimum_on_the_chosen_split(tiny, tmp_path,
     assert generation_lengths(torch.tensor([36, 40, 120, 200])).tolist() == [40, 40, 120, 196]
     assert generation_lengths(torch.tensor([20, 24, 30]), "kit").tolist() == [24, 24, 30]
     root, _ = tiny
-    data_root = tmp_path / "data"
-    (data_root / "new_joint_vecs").mkdir(parents=True)
-    ids = (root / "all.txt").read_text().split()
-    for name in ids:
-        np.save(data_root / "new_joint_vecs" / f"{name}.npy", np.load(root / "new_joint_vecs" / f"{name}.npy")[:41])
-    for name in ("texts", "Mean.npy", "Std.npy"):
-        (data_root / name).symlink_to(root / name)
-    (data_root / "val.txt").write_text("\n".join(ids) + "\n")           # 48 items: one batch of 32 per pass
+    data_root, ids = _short_clip_root(root, tmp_path / "data")
     (data_root / "test.txt").write_text("\n".join(ids[:5]) + "\n")      # fewer than one batch: would be refused
     calls = []                        # per replication: the Real batch, the generated batch, FID's second GT pass
     original = evaluate.embed_eval_batch
@@ -3299,6 +3312,62 @@ def test_t2m_generates_at_the_loader_minimum_on_the_chosen_split(tiny, tmp_path,
     gt_lens, generated_lens = calls[0::3], calls[1::3]
     assert min(n for batch in gt_lens for n in batch) == 36                       # short crops do occur
     assert generated_lens == [[max(n, 40) for n in batch] for batch in gt_lens]
+
+
+def test_eval_every_logs_fixed_validation_points_and_keeps_their_checkpoints(tiny, tmp_path):
+    # Fig. 4's points: the EMA model scored on the same validation batches with the same seed at each point, logged
+    # to eval.csv with the training hours; the checkpoints kept; a resume continues the log; training is unchanged
+    root, moclip_ckpt = tiny
+    data_root, _ = _short_clip_root(root, tmp_path / "data")
+    evaluator_dir = _tiny_evaluator_dir(root, tmp_path / "ev")
+    flags = ["--dataset", "synthetic", "--data-root", str(data_root), "--moclip-checkpoint", str(moclip_ckpt),
+             "--batch-size", "4", "--log-every", "1", "--save-every", "3", "--sample-every", "0",
+             "--anchor-decay-steps", "4", "--device", "cpu"]
+    probe_flags = ["--eval-every", "2", "--evaluator-dir", str(evaluator_dir), "--keep-checkpoints"]
+    run, plain = tmp_path / "run", tmp_path / "plain"
+    train.main(flags + probe_flags + ["--steps", "4", "--out-dir", str(run)])
+    train.main(flags + ["--steps", "4", "--out-dir", str(plain)])
+    _compare_runs(run, plain, 4)                                    # evaluating draws nothing from training's streams
+    rows = list(csv.DictReader(open(run / "eval.csv")))
+    assert [r["step"] for r in rows] == ["2", "4"] and list(rows[0]) == train.EVAL_COLUMNS
+    assert 0 < float(rows[0]["train_hours"]) < float(rows[1]["train_hours"])
+    assert all(math.isfinite(float(r[k])) for r in rows for k in ("FID", "Top1", "Top2", "Top3", "MM-Dist"))
+    assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["step_000002.pt", "step_000004.pt"]
+    from sample import load_model
+    probe = evaluate.ValidationProbe("synthetic", data_root, evaluator_dir=evaluator_dir)
+    assert len(probe) == 32 and probe.real["FID"] >= 0
+    for row in rows:                      # a fresh probe on the kept checkpoint reproduces the logged point
+        again = probe(load_model(run / "checkpoints" / f"step_{int(row['step']):06d}.pt", "cpu"))
+        for key in ("FID", "Top1", "Top3", "MM-Dist"):
+            assert again[key] == pytest.approx(float(row[key]), rel=1e-5, abs=1e-6), key
+    train.main(flags + probe_flags + ["--steps", "6", "--out-dir", str(run), "--resume"])
+    rows = list(csv.DictReader(open(run / "eval.csv")))
+    assert [r["step"] for r in rows] == ["2", "4", "6"]              # resumed from step 4: no point twice
+    assert float(rows[1]["train_hours"]) < float(rows[2]["train_hours"])
+
+
+def test_convergence_plots_fid_curves_and_the_steps_to_a_threshold(tmp_path, capsys):
+    from PIL import Image
+    # Fig. 4 from eval.csv files: one run folder, and one holding a subfolder per seed (mean and band over seeds)
+    def write(folder, fids):
+        folder.mkdir(parents=True)
+        with open(folder / "eval.csv", "w", newline="") as f:
+            w = csv.writer(f)
+            w.writerow(train.EVAL_COLUMNS)
+            for i, fid in enumerate(fids, 1):
+                w.writerow([100 * i, 0.01 * i, fid, 0.1, 0.2, 0.3 + 0.01 * i, 5.0, 1.0])
+    write(tmp_path / "luma", [9.0, 4.0, 2.5, 2.0])                             # reaches 3.0 at step 300
+    write(tmp_path / "base" / "seed_0", [9.0, 6.0, 3.5, 2.9])                  # at 400
+    write(tmp_path / "base" / "seed_1", [9.0, 5.0, 3.0, 2.7])                  # at 300
+    analysis.main(["convergence", "--runs", str(tmp_path / "luma"), str(tmp_path / "base"), "--fid-threshold", "3",
+                   "--out", str(tmp_path / "out")])
+    table = capsys.readouterr().out
+    luma, base = [line for line in table.splitlines() if line.startswith(("| luma", "| base"))]
+    assert luma.split(" | ")[1:6] == ["1", "400", "2.000", "0.340", "300"]
+    assert "| 2 | 400 | 2.800 ± 0.139 | 0.340 | 350 (seeds: 400, 300) | 1.17 |" in base   # 1.96 * 0.1 / sqrt(2); 350 / 300
+    with Image.open(tmp_path / "out" / "convergence.png") as png:
+        assert png.size[0] > 600 and len(set(png.convert("L").getdata())) > 10
+    assert (tmp_path / "out" / "convergence.md").read_text() in table
 
 
 def test_t2m_cli_needs_checkpoint_or_real_only(tmp_path, capsys):
@@ -3498,6 +3567,10 @@ BAD_INPUT = [   # (script, argv, exit status, a phrase of the message)
     ("train", TRAIN + ["--batch-size", "1000", "--out-dir", "{out}/t5"], 1, "fewer than --batch-size 1000; lower --batch-size"),
     ("train", ["--dataset", "humanml3d", "--data-root", "{out}/nowhere", "--out-dir", "{out}/t6"], 1, "dataset root not found"),
     ("analysis", ["spectrum", "--dataset", "synthetic", "--data-root", "{pickled_mean}", "--out", "{out}/s"], 1, "holds pickled Python objects"),
+    ("analysis", ["convergence", "--runs", "{out}", "--out", "{out}/c"], 1, "no eval.csv in"),
+    ("analysis", ["convergence", "--runs", "{out}", "--fid-threshold", "0"], 2, "--fid-threshold: expected a finite number > 0, got 0"),
+    ("train", TRAIN + ["--keep-checkpoints", "--out-dir", "{out}/t7"], 2, "--keep-checkpoints keeps the checkpoint of each evaluation point; pass --eval-every N as well"),
+    ("train", TRAIN + ["--eval-every", "1", "--evaluator-dir", "{out}/noevaluator", "--out-dir", "{out}/t8"], 1, "noevaluator"),
 ]
 
 

@@ -1,7 +1,7 @@
 """
 Train LUMA: the StableMoFusion UNet with LUMA's dual anchors (paper Sec. 3.2, Alg. 1).
 
-    python train.py --dataset synthetic      # offline, CPU: generates data, trains MoCLIP, then LUMA (~18 min)
+    python train.py --dataset synthetic      # offline, CPU: generates data, trains MoCLIP, then LUMA (~23 min on 2 cores)
     python train.py --dataset humanml3d      # the paper's configuration on a CUDA GPU
     torchrun --nproc_per_node=8 train.py --dataset humanml3d      # the same, data-parallel over 8 GPUs (DDP)
 
@@ -25,7 +25,9 @@ Alg. 1 (App. C), line by line:
 
 Everything the paper fixes is a default here; every ablation of Tables 2-4 is a flag. MoCLIP (App. B) is trained
 first by moclip.py when no --moclip-checkpoint is given. The run folder holds a resumable checkpoint, a CSV of the
-loss terms and zeta, sample animations, and a self-contained final checkpoint for sample.py / evaluate.py.
+loss terms and zeta, sample animations, and a self-contained final checkpoint for sample.py / evaluate.py. With
+--eval-every N it also holds eval.csv: FID and R-precision of the EMA model on fixed validation batches every N steps,
+against steps and training hours, the curves of Fig. 4 (plotted by `python analysis.py convergence`).
 """
 
 import argparse
@@ -69,7 +71,8 @@ PRESETS = {
 SAMPLE_PROMPTS = ["a person jumps", "a person waves with the right hand", "a person walks forward then turns left"]
 
 
-RUN_FILES = ("checkpoint.pt", "final.pt", "log.csv")      # what a run folder holds, besides samples/
+RUN_FILES = ("checkpoint.pt", "final.pt", "log.csv", "eval.csv")   # what a run folder holds, besides samples/ and
+RUN_FOLDERS = ("samples", "checkpoints")                            # checkpoints/ (--keep-checkpoints)
 # The flags that define the model and what it learns; --resume refuses a checkpoint trained with other values.
 MODEL_FLAGS = ("dataset", "unet", "anchor_block", "dct_k", "anchor_hidden", "no_fre", "no_tem", "no_film",
                "anchor_weighting", "text_encoder", "clip_model", "clip_pretrained", "feat_bias")
@@ -133,14 +136,27 @@ def get_args(argv=None):
     g.add_argument("--out-dir", type=folder_path, default=None, help="run folder (default runs/luma_<dataset>)")
     g.add_argument("--resume", action="store_true", help="continue the run in --out-dir from its checkpoint.pt")
     g.add_argument("--overwrite", action="store_true",
-                   help="start over in an --out-dir that holds a run (its checkpoint.pt, final.pt, log.csv and "
-                        "samples/ are deleted first)")
+                   help="start over in an --out-dir that holds a run (its checkpoint.pt, final.pt, log.csv, "
+                        "eval.csv, samples/ and checkpoints/ are deleted first)")
     g.add_argument("--device", type=device_name, default="cuda" if torch.cuda.is_available() else "cpu")
     g.add_argument("--seed", type=SEED, default=0)
     g.add_argument("--log-every", type=count, default=None, help="steps between log rows")
     g.add_argument("--save-every", type=count, default=None, help="steps between checkpoints")
     g.add_argument("--sample-every", type=int_range(0), default=None,
                    help="steps between sample animations (0: never)")
+    g = p.add_argument_group("convergence (Fig. 4): FID and R-precision on the validation split during training")
+    g.add_argument("--eval-every", type=int_range(0), default=0,
+                   help="steps between evaluations of the EMA model with the dataset's evaluator, logged to eval.csv "
+                        "(0: never)")
+    g.add_argument("--eval-batches", type=int_range(0), default=0,
+                   help="validation batches of 32 per evaluation, the same ones each time (0: one whole pass)")
+    g.add_argument("--evaluator-dir", default=None,
+                   help="the evaluator's folder (default: checkpoints, or checkpoints/evaluator_<dataset> for "
+                        "synthetic and bandai, as evaluate.py)")
+    g.add_argument("--eval-seed", type=SEED, default=0,
+                   help="seed of the validation batches and of their generations, fixed over the run")
+    g.add_argument("--keep-checkpoints", action="store_true",
+                   help="also keep the inference checkpoint of each evaluation point, as checkpoints/step_NNNNNN.pt")
     args = p.parse_args(argv)
 
     args.preset = args.preset or ("small" if args.dataset in BUILT_DATASETS else "paper")
@@ -166,6 +182,8 @@ def check_args(p, args):
         p.error(f"--precision {args.precision} is a CUDA setting ({what}); on a CPU use --precision fp32")
     if args.resume and args.overwrite:
         p.error("--resume continues the run in --out-dir and --overwrite replaces it; pass one of them")
+    if args.keep_checkpoints and not args.eval_every:
+        p.error("--keep-checkpoints keeps the checkpoint of each evaluation point; pass --eval-every N as well")
 
 
 def check_run_folder(args):
@@ -429,16 +447,28 @@ def check_resumable(state, args, path):
 
 
 LOG_COLUMNS = ["step", "loss", "ddpm", "fre", "tem", "zeta", "lr", "seconds_per_step"]
+# eval.csv (--eval-every): train_hours is the run's wall-clock without the evaluations themselves (Fig. 4's x axis)
+EVAL_COLUMNS = ["step", "train_hours", "FID", "Top1", "Top2", "Top3", "MM-Dist", "eval_seconds"]
 
 
-def continue_log(log_path, step):
+def open_log(path, columns, resume, step):
+    """A CSV log to append to: a new one with its header, or on --resume the old one cut back to `step`."""
+    if resume:
+        continue_log(path, step, columns)
+    f = open(path, "a" if resume else "w", newline="")
+    if not resume:
+        csv.writer(f).writerow(columns)
+    return f
+
+
+def continue_log(log_path, step, columns=LOG_COLUMNS):
     """On --resume, keep the log rows up to the checkpoint's step: the steps after it run again, so their old rows
     go, and the log reads as one uninterrupted run. Written atomically; a missing log starts with its header."""
     rows = []
     if log_path.exists():
         with open(log_path, newline="") as f:
             rows = list(csv.reader(f))
-    header, rows = (rows[0], rows[1:]) if rows else (LOG_COLUMNS, [])
+    header, rows = (rows[0], rows[1:]) if rows else (columns, [])
     text = io.StringIO()
     csv.writer(text).writerows([header] + [row for row in rows if row and row[0].isdigit() and int(row[0]) <= step])
     write_atomic(log_path, lambda f: f.write(text.getvalue().encode()))
@@ -459,7 +489,8 @@ def run(args):
     if args.overwrite and is_main:                            # the user asked to replace the run in out_dir
         for name in RUN_FILES:
             (out_dir / name).unlink(missing_ok=True)
-        shutil.rmtree(out_dir / "samples", ignore_errors=True)
+        for name in RUN_FOLDERS:
+            shutil.rmtree(out_dir / name, ignore_errors=True)
     out_dir.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(args.seed + rank)                       # per-rank stream for dropout
     # fp32 means fp32: PyTorch would otherwise run cuDNN convolutions in TF32 by default.
@@ -476,6 +507,14 @@ def run(args):
         raise InputError(f"the training split of {args.data_root} has {len(dataset)} samples, fewer than --batch-size "
                          f"{args.batch_size}; lower --batch-size")
     motion_dim = dataset.mean.shape[0]
+    probe = None                                              # Fig. 4: built before any training, so a missing
+    if args.eval_every and is_main:                           # evaluator stops the run before work is done
+        from evaluate import ValidationProbe
+        probe = ValidationProbe(args.dataset, args.data_root, "val", args.eval_batches, args.eval_seed, str(device),
+                                evaluator_dir=args.evaluator_dir)
+        print(f"evaluating the EMA model every {args.eval_every} steps on {len(probe)} validation samples -> "
+              f"{out_dir / 'eval.csv'}; the ground truth on them: FID {probe.real['FID']:.3f}, R@3 "
+              f"{probe.real['Top3']:.3f}")
 
     # MoCLIP (App. B): trained first unless given; frozen from here on
     moclip_path = args.moclip_checkpoint
@@ -547,17 +586,38 @@ def run(args):
     def training_state():
         return {**inference_checkpoint(args, ema_unet, text_encoder, dataset, step),
                 "model": model.state_dict(), "ema_unet": ema_unet.state_dict(), "optimizer": optimizer.state_dict(),
-                "rng_cpu": torch.get_rng_state(),
+                "train_seconds": train_seconds(), "rng_cpu": torch.get_rng_state(),
                 "rng_cuda": torch.cuda.get_rng_state() if device.type == "cuda" else None}
 
-    log_path = out_dir / "log.csv"
+    log_path, eval_path = out_dir / "log.csv", out_dir / "eval.csv"
     if is_main:
-        if args.resume:
-            continue_log(log_path, step)
-        log_file = open(log_path, "a" if args.resume else "w", newline="")
+        log_file = open_log(log_path, LOG_COLUMNS, args.resume, step)
         log = csv.writer(log_file)
-        if not args.resume:
-            log.writerow(LOG_COLUMNS)
+        eval_file = open_log(eval_path, EVAL_COLUMNS, args.resume, step) if probe is not None else None
+
+    # Wall-clock of the training alone, carried over a --resume: the evaluations' own time is left out
+    seconds_before = state.get("train_seconds", 0.0) if args.resume else 0.0
+    t_start, eval_seconds = time.time(), 0.0
+
+    def train_seconds():
+        return seconds_before + time.time() - t_start - eval_seconds
+
+    def evaluate_now():
+        """Fig. 4's point at this step: the EMA model on the probe's fixed validation batches -> a row of eval.csv."""
+        nonlocal eval_seconds
+        from sample import LUMASampler
+        start = time.time()
+        metrics = probe(LUMASampler(ema_unet, text_encoder, dataset.mean, dataset.std, dataset.kind))
+        spent = time.time() - start
+        eval_seconds += spent
+        csv.writer(eval_file).writerow([step, f"{train_seconds() / 3600:.5f}",
+                                        *[f"{metrics[k]:.6g}" for k in EVAL_COLUMNS[2:7]], f"{spent:.1f}"])
+        eval_file.flush()
+        if args.keep_checkpoints:
+            save(inference_checkpoint(args, ema_unet, text_encoder, dataset, step),
+                 out_dir / "checkpoints" / f"step_{step:06d}.pt")
+        bar.write(f"step {step}: validation FID {metrics['FID']:.3f}, R@1/2/3 {metrics['Top1']:.3f} / "
+                  f"{metrics['Top2']:.3f} / {metrics['Top3']:.3f} ({spent:.0f} s)")
     bar = tqdm(total=args.steps, initial=step, desc="LUMA", dynamic_ncols=True, disable=not is_main)
     last_good = last_logged = step
     t_last = time.time()
@@ -586,6 +646,8 @@ def run(args):
             if not all(math.isfinite(v) for v in values):
                 if is_main:
                     log_file.close()
+                    if eval_file is not None:
+                        eval_file.close()
                 raise InputError(f"the loss became {values[0]} at step {step}; stopping without saving. The last good "
                                  f"checkpoint (step {last_good}) is {checkpoint_path}. Try a lower --lr or --precision "
                                  f"fp32.")
@@ -601,10 +663,14 @@ def run(args):
         last_good = step if saving else last_good
         if is_main and args.sample_every and (step % args.sample_every == 0 or step == args.steps):
             render_samples(ema_unet, text_encoder, dataset, out_dir / "samples" / f"step_{step:06d}", device)
+        if probe is not None and (step % args.eval_every == 0 or step == args.steps):
+            evaluate_now()
     bar.close()
     final_path = out_dir / "final.pt"
     if is_main:
         log_file.close()
+        if eval_file is not None:
+            eval_file.close()
         save(inference_checkpoint(args, ema_unet, text_encoder, dataset, step), final_path)
         if device.type == "cuda":
             print(f"peak GPU memory: {torch.cuda.max_memory_allocated(device) / 2**30:.2f} GiB")
