@@ -31,6 +31,7 @@ from data import (DATA_ROOTS, KINDS, SEED, InputError, MotionDataset, device_nam
                   int_range, load_checkpoint, load_weights, prepare_dataset, read_text_lines, user_errors,
                   write_atomic)
 from diffusion import alphas_cumprod, linear_betas, masked_mse, q_sample
+from evaluate import mean_ci
 from moclip import initial_text_tower, load_moclip, moclip_from_state
 
 
@@ -234,8 +235,7 @@ def seed_band(runs, column):
     interval over seeds (1.96 std / sqrt(n), ddof=0, as the protocol's replications), none for one seed."""
     steps = sorted(set.intersection(*(set(run[0].tolist()) for run in runs)))
     values = np.array([[run[column][run[0].tolist().index(s)] for s in steps] for run in runs])   # (seeds, steps)
-    mean = values.mean(axis=0)
-    half = 1.96 * values.std(axis=0) / np.sqrt(len(runs))
+    mean, half = np.array([mean_ci(per_step) for per_step in values.T]).T
     return np.array(steps), mean, mean - half, mean + half
 
 

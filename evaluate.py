@@ -913,31 +913,33 @@ class ValidationProbe:
         reference = [embed_eval_batch(self.evaluator, self.vectorizer, t, m, l, device)[1]    # the second pass
                      for _, t, m, l, _ in loader]
         self.reference = activation_statistics(np.concatenate(reference))
-        self.text_embs = [embed_eval_batch(self.evaluator, self.vectorizer, tokens, motions, m_lens, device)[0]
-                          for _, tokens, motions, m_lens in self.batches]
-        self.real = self._score([motions for _, _, motions, _ in self.batches], real=True)
+        pairs = [embed_eval_batch(self.evaluator, self.vectorizer, tokens, motions, m_lens, device)   # (text, motion)
+                 for _, tokens, motions, m_lens in self.batches]
+        self.text_embs = [text_emb for text_emb, _ in pairs]
+        self.real = self._metrics([motion_emb for _, motion_emb in pairs])
 
     def __len__(self):
         return 32 * len(self.batches)
 
-    def _score(self, motions, real=False):
-        acts, hits, dist = [], np.zeros(3), 0.0
-        for (_, tokens, _, m_lens), text_emb, batch in zip(self.batches, self.text_embs, motions):
-            lens = m_lens if real else generation_lengths(m_lens, self.kind)
-            motion_emb = _embed_motions(self.evaluator, batch, lens, self.device)
+    def _metrics(self, motion_embs):
+        """Per-batch motion embeddings, in the order of self.batches -> the metrics against the fixed text."""
+        hits, dist = np.zeros(3), 0.0
+        for text_emb, motion_emb in zip(self.text_embs, motion_embs):
             batch_hits, score = _batch_metrics(text_emb, motion_emb)
-            hits, dist = hits + batch_hits * len(tokens), dist + score * len(tokens)
-            acts.append(motion_emb)
+            hits, dist = hits + batch_hits * len(text_emb), dist + score * len(text_emb)
         n = len(self)
-        return {"FID": frechet_distance(*activation_statistics(np.concatenate(acts)), *self.reference),
+        return {"FID": frechet_distance(*activation_statistics(np.concatenate(motion_embs)), *self.reference),
                 "Top1": hits[0] / n, "Top2": hits[1] / n, "Top3": hits[2] / n, "MM-Dist": dist / n}
 
     def __call__(self, sampler):
         """A sample.LUMASampler (e.g. over train.py's EMA UNet) -> {"FID", "Top1", "Top2", "Top3", "MM-Dist"}."""
         generate = luma_generator(sampler, self.eval_mean, self.eval_std, self.guidance, self.steps, self.seed)
+        motion_embs = []
         with _random_streams_kept():
-            return self._score([generate(captions, generation_lengths(m_lens, self.kind))
-                                for captions, _, _, m_lens in self.batches])
+            for captions, _, _, m_lens in self.batches:
+                lens = generation_lengths(m_lens, self.kind)          # made and scored at the clamped lengths
+                motion_embs.append(_embed_motions(self.evaluator, generate(captions, lens), lens, self.device))
+        return self._metrics(motion_embs)
 
 
 @contextlib.contextmanager
