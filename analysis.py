@@ -11,15 +11,18 @@ hours, from train.py --eval-every). evaluate.py is the evaluation protocol; this
     final_layer_attention(model, texts) -> per text: tokens, attention each position receives (normalised)
     plot_attention(rows, path)
     read_eval_runs(folder) -> per seed (steps, hours, FID, R@3);  plot_convergence(curves, path, threshold)
+    read_seed_results(t2m_results.json files) -> {variant: {seed: metrics}};  seed_table(...);  seed_interval(values)
 
     python analysis.py gradflow --runs runs/luma_synthetic runs/luma_synthetic_no_anchors   # Fig. 3 / 8
     python analysis.py spectrum --dataset synthetic                                          # Fig. 7
     python analysis.py attention --checkpoint checkpoints/moclip_synthetic.pt                # Fig. 9
     python analysis.py convergence --runs runs/luma_synthetic runs/no_anchors_synthetic --fid-threshold 3   # Fig. 4
+    python analysis.py seeds --results runs/study/t2m/t2m_results.json        # Table 2 over seeds: mean ± 95% CI
 """
 
 import argparse
 import csv
+import json
 import random
 from pathlib import Path
 
@@ -31,7 +34,7 @@ from data import (DATA_ROOTS, KINDS, SEED, InputError, MotionDataset, device_nam
                   int_range, load_checkpoint, load_weights, prepare_dataset, read_text_lines, user_errors,
                   write_atomic)
 from diffusion import alphas_cumprod, linear_betas, masked_mse, q_sample
-from evaluate import mean_ci
+from evaluate import METRICS, row_names
 from moclip import initial_text_tower, load_moclip, moclip_from_state
 
 
@@ -230,12 +233,31 @@ def read_eval_runs(folder):
     return runs
 
 
+def t_quantile_975(df):
+    """Student's t quantile for a two-sided 95% interval with df degrees of freedom: a table to 10, then the
+    Cornish-Fisher expansion about the normal's 1.96 (within 0.003 of scipy.stats.t.ppf(0.975, df) beyond 10)."""
+    table = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262, 10: 2.228}
+    if df in table:
+        return table[df]
+    z = 1.959964
+    return z + (z ** 3 + z) / (4 * df) + (5 * z ** 5 + 16 * z ** 3 + 3 * z) / (96 * df ** 2)
+
+
+def seed_interval(values):
+    """Per-seed values (n,) -> (mean, 95% half-width t(n-1) * std / sqrt(n), ddof=1); 0 for one seed. Seeds are
+    few (3), so the normal 1.96 * std / sqrt(n) of the protocol's 20 replications would be about 2.7x too narrow."""
+    values = np.asarray(values, np.float64)
+    if len(values) < 2:
+        return float(values.mean()), 0.0
+    return float(values.mean()), t_quantile_975(len(values) - 1) * float(values.std(ddof=1)) / np.sqrt(len(values))
+
+
 def seed_band(runs, column):
     """The seeds' curves on the steps they all share -> (steps, mean, low, high); the band is the mean ± the 95%
-    interval over seeds (1.96 std / sqrt(n), ddof=0, as the protocol's replications), none for one seed."""
+    interval over seeds (seed_interval), none for one seed."""
     steps = sorted(set.intersection(*(set(run[0].tolist()) for run in runs)))
     values = np.array([[run[column][run[0].tolist().index(s)] for s in steps] for run in runs])   # (seeds, steps)
-    mean, half = np.array([mean_ci(per_step) for per_step in values.T]).T
+    mean, half = np.array([seed_interval(per_step) for per_step in values.T]).T
     return np.array(steps), mean, mean - half, mean + half
 
 
@@ -246,23 +268,28 @@ def steps_to_threshold(run, threshold):
 
 
 def plot_convergence(curves, path, threshold=None):
-    """Fig. 4: FID against optimiser steps and against training hours, one line (and seed band) per run."""
+    """Fig. 4: FID (log scale) against optimiser steps and against training hours: per run the mean over its seeds
+    (bold) and each seed's own curve (thin). With 3 seeds the 95% interval is wide and often reaches below 0, which a
+    log axis cannot draw; the seeds themselves show the spread, and convergence.md gives the intervals."""
     plt = _pyplot()
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.8), sharey=True)
     for label, runs in curves.items():
-        steps, mean, low, high = seed_band(runs, 2)
+        steps, mean, _, _ = seed_band(runs, 2)
         hours = seed_band(runs, 1)[1]
-        name = f"{label} ({len(runs)} seeds)" if len(runs) > 1 else label
+        name = f"{label} (mean of {len(runs)} seeds)" if len(runs) > 1 else label
         for ax, x in zip(axes, (steps, hours)):
-            line, = ax.plot(x, mean, marker="o", markersize=3, label=name)
-            if len(runs) > 1:
-                ax.fill_between(x, low, high, color=line.get_color(), alpha=0.2, linewidth=0)
+            line, = ax.plot(x, mean, marker="o", markersize=3, linewidth=2, label=name)
+            for run in runs if len(runs) > 1 else []:
+                ax.plot(run[0] if x is steps else run[1], run[2], color=line.get_color(), linewidth=0.8, alpha=0.4)
     for ax, xlabel in zip(axes, ("optimiser steps", "training hours (evaluation time excluded)")):
         if threshold is not None:
             ax.axhline(threshold, color="k", linestyle="--", linewidth=1)
         ax.set_xlabel(xlabel)
         ax.grid(alpha=0.3)
-    axes[0].set_ylabel("validation FID ↓")
+    axes[0].set_yscale("log")                    # FID falls over decades: early points would flatten the rest
+    for ticks in (axes[0].yaxis.set_major_formatter, axes[0].yaxis.set_minor_formatter):
+        ticks(plt.FuncFormatter(lambda value, _: f"{value:g}"))     # 2, 3, 4 ... rather than 2x10^0
+    axes[0].set_ylabel("validation FID ↓ (log scale)")
     axes[0].legend(fontsize=8)
     fig.tight_layout()
     write_atomic(Path(path), lambda f: fig.savefig(f, format="png", dpi=100))
@@ -271,7 +298,59 @@ def plot_convergence(curves, path, threshold=None):
 
 
 # ---------------------------------------------------------------------------------------------------------------------
-# 5. Command line
+# 5. Seeds: a study's final numbers per variant, mean and 95% interval over training seeds
+
+def read_seed_results(paths):
+    """evaluate.py t2m's t2m_results.json files -> {variant: {seed: {metric: mean over replications}}}. Rows named
+    <variant>/<seed folder> (as t2m names runs/study/luma/seed_0/final.pt next to runs/study/no_anchors/seed_0/...)
+    are grouped by variant; any other row (Real, a single run) is a variant with one seed, taken from the first file
+    that has it."""
+    variants = {}
+    for path in paths:
+        try:
+            results = json.loads(Path(path).read_text())["results"]
+        except (OSError, ValueError, KeyError, TypeError) as error:
+            raise InputError(f"cannot read {path} as evaluate.py t2m's t2m_results.json ({error}); run `python "
+                             f"evaluate.py t2m --checkpoint <runs>/*/seed_*/final.pt --out <folder>` first") from None
+        for name, row in results.items():
+            variant, _, seed = name.rpartition("/") if "/" in name else (name, "", "")
+            seeds = variants.setdefault(variant, {})
+            if seed in seeds and not seed:       # e.g. the Real row of every t2m run: the first file's is kept
+                continue
+            if seed in seeds:
+                raise InputError(f"{path}: row {name!r} appears in more than one of the --results files")
+            seeds[seed] = {metric: float(value["mean"]) for metric, value in row.items()}
+    return variants
+
+
+def seed_table(variants):
+    """{variant: {seed: {metric: value}}} -> markdown: mean ± seed_interval per metric, and each seed's FID."""
+    metrics = [m for m in METRICS if any(m in values for seeds in variants.values() for values in seeds.values())]
+    lines = ["| variant | seeds | " + " | ".join(metrics) + " | FID per seed |",
+             "|---|---|" + "---|" * len(metrics) + "---|"]
+    for variant, seeds in variants.items():
+        cells = []
+        for metric in metrics:
+            values = [v[metric] for v in seeds.values() if metric in v]
+            mean, half = seed_interval(values) if values else (None, None)
+            cells.append("-" if mean is None else f"{mean:.3f}" + (f" ± {half:.3f}" if len(values) > 1 else ""))
+        per_seed = ", ".join(f"{v['FID']:.3f}" for v in seeds.values() if "FID" in v)
+        lines.append(f"| {variant} | {len(seeds)} | " + " | ".join(cells) + f" | {per_seed} |")
+    return "\n".join(lines) + "\n"
+
+
+def run_seeds(args):
+    """The study's table: each variant's final numbers as mean ± 95% interval over seeds -> seeds.md."""
+    table = seed_table(read_seed_results(args.results))
+    print(table)
+    out = Path(args.out)
+    write_atomic(out / "seeds.md", lambda f: f.write(table.encode()))
+    print(f"wrote {out / 'seeds.md'}")
+    return table
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# 6. Command line
 
 def run_gradflow(args):
     """Fig. 3 / 8: mean |grad| per block for each run at each timestep -> CSV + PNG bar charts."""
@@ -280,7 +359,8 @@ def run_gradflow(args):
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     flows, zetas = {}, {}
-    for run in args.runs:
+    names = row_names([Path(run) / "final.pt" if Path(run).is_dir() else run for run in args.runs])
+    for run, name in zip(args.runs, names):         # luma/seed_0 and no_anchors/seed_0 keep their variant's name
         checkpoint = Path(run) / "checkpoint.pt" if Path(run).is_dir() else Path(run)
         model, text_encoder, config = load_training_run(checkpoint, device)
         dataset = MotionDataset(config.data_root, split="train", kind=KINDS[config.dataset], feat_bias=config.feat_bias)
@@ -298,8 +378,7 @@ def run_gradflow(args):
             zeta = args.zeta
         else:
             zeta = float(model.weighting(config.step).detach())
-        label = Path(run).name if Path(run).is_dir() else Path(run).parent.name
-        label += f" (step {config.step}, " + ("no DAL)" if model.anchor is None else f"zeta {zeta:.2f})")
+        label = name + f" (step {config.step}, " + ("no DAL)" if model.anchor is None else f"zeta {zeta:.2f})")
         zetas[label] = zeta
         flows[label] = gradient_flow(model, text_tokens, x0, lengths, target, args.timesteps, zeta=zeta,
                                      lambda_fre=config.lambda_fre, lambda_tem=config.lambda_tem, seed=args.seed)
@@ -463,11 +542,15 @@ def get_args(argv=None):
     p = sub.add_parser("convergence", help="Fig. 4 analogue: validation FID against steps and hours from train.py "
                                            "--eval-every runs, and the steps each needs to reach a threshold")
     p.add_argument("--runs", nargs="+", required=True,
-                   help="run folders holding eval.csv, or one subfolder per seed that does (mean and band over "
+                   help="run folders holding eval.csv, or one subfolder per seed that does (mean and interval over "
                         "seeds); the first is the reference of the ratio")
     p.add_argument("--fid-threshold", type=float_range(0, low_open=True), default=None,
                    help="the dashed line: report the first evaluated step at or below it, per run")
     p.add_argument("--out", type=folder_path, default="runs/convergence", help="folder the results are written to")
+    p = sub.add_parser("seeds", help="a study's final numbers per variant: mean ± 95%% interval over training seeds, "
+                                     "from evaluate.py t2m results of <variant>/seed_<s> run folders")
+    p.add_argument("--results", nargs="+", required=True, help="t2m_results.json file(s) written by evaluate.py t2m")
+    p.add_argument("--out", type=folder_path, default="runs/study", help="folder seeds.md is written to")
     return parser.parse_args(argv)
 
 
@@ -475,7 +558,7 @@ def main(argv=None):
     args = get_args(argv)                          # usage errors: the usage line and exit status 2, before any work
     with user_errors():                            # expected errors: one paragraph, exit status 1; bugs: a traceback
         return {"gradflow": run_gradflow, "spectrum": run_spectrum, "attention": run_attention,
-                "convergence": run_convergence}[args.command](args)
+                "convergence": run_convergence, "seeds": run_seeds}[args.command](args)
 
 
 if __name__ == "__main__":

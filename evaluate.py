@@ -1002,13 +1002,30 @@ def _protocol_inputs(args):
     return evaluator, vectorizer, dataset
 
 
+def row_names(checkpoints):
+    """A table row name per checkpoint: its folder's name, or as many trailing folders as tell the rows apart
+    (runs/study/luma/seed_0/final.pt and runs/study/no_anchors/seed_0/final.pt -> luma/seed_0, no_anchors/seed_0)."""
+    folders = [Path(c).resolve().parent.parts for c in checkpoints]
+    if not folders:
+        return []
+    if len(set(folders)) < len(folders):
+        raise InputError(f"two --checkpoint files share a folder ({', '.join(map(str, checkpoints))}); their rows "
+                         f"are named by the folder, so pass one checkpoint per run folder")
+    for depth in range(1, max(len(f) for f in folders) + 1):
+        names = ["/".join(f[-depth:]) or "LUMA" for f in folders]
+        if len(set(names)) == len(names):
+            return names
+
+
 def run_t2m(args):
     """Table 1: Real row (and a LUMA checkpoint's row) under the standard protocol, mean ± 95% CI -> table + JSON."""
+    checkpoints = [] if args.real_only else args.checkpoint
+    names = row_names(checkpoints)                          # before the slow part: a clash is the user's to fix
     evaluator, vectorizer, dataset = _protocol_inputs(args)
     generators = {}
-    for checkpoint in ([] if args.real_only else args.checkpoint):
-        generators[Path(checkpoint).resolve().parent.name or "LUMA"] = _luma_generator(
-            checkpoint, dataset.eval_mean, dataset.eval_std, args.device, args.guidance, args.steps, args.seed)
+    for name, checkpoint in zip(names, checkpoints):
+        generators[name] = _luma_generator(checkpoint, dataset.eval_mean, dataset.eval_std, args.device,
+                                           args.guidance, args.steps, args.seed)
     results = evaluate_protocol(evaluator, vectorizer, dataset, args.replications, generators, seed=args.seed,
                                 device=args.device, mm_captions=args.mm_captions, mm_repeats=args.mm_repeats,
                                 mm_times=args.mm_times, kind=KINDS[args.dataset])
@@ -1188,7 +1205,8 @@ def get_args(argv=None):
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("t2m", help="standard protocol (Table 1): Real row and a LUMA checkpoint, 20 replications")
     p.add_argument("--checkpoint", nargs="+", default=None,
-                   help="LUMA checkpoint(s) to evaluate (train.py final.pt); one table row each, named by its folder")
+                   help="LUMA checkpoint(s) to evaluate (train.py final.pt); one table row each, named by its folder "
+                        "(by its last folders where names repeat, e.g. luma/seed_0)")
     p.add_argument("--real-only", action="store_true", help="only the ground-truth 'Real' row (no checkpoint needed)")
     _add_protocol_args(p, "runs/eval")
     p.add_argument("--guidance", type=float_range(0), default=2.5,

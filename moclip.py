@@ -8,9 +8,10 @@ Two encoders map a caption and a motion into one D_a-dimensional space:
                                                                                    Eq. (14)  (B, D_a)
     L = 1/2 (CE(motion->text) + CE(text->motion)) on cosine similarities / tau             Eq. (15)
 
-Training has two stages (App. B.0.3): stage 1 trains the motion encoder, the temperature and the text projection
-with the text tower frozen; stage 2 also unfreezes the last text layer and the final LayerNorm and fine-tunes all of
-it at a lower learning rate. Early stopping on the validation loss. Retrieval is top-1/2/3 inside shuffled batches of
+Training has two stages (App. B.0.3): stage 1 trains only the motion encoder, the whole text side frozen (App. B;
+--stage1-projection also trains the text projection and the temperature, as the precursor does); stage 2 unfreezes
+the last text layer, the final LayerNorm, the projection and the temperature and fine-tunes all of it at a lower
+learning rate. Early stopping on the validation loss. Retrieval is top-1/2/3 inside shuffled batches of
 32 on the test split, both directions, mean and 95% CI over repeats (Table 5).
 
 LUMA uses the trained MoCLIP twice: its token-wise text features (77 x W, after ln_final) feed the UNet's

@@ -3364,10 +3364,48 @@ def test_convergence_plots_fid_curves_and_the_steps_to_a_threshold(tmp_path, cap
     table = capsys.readouterr().out
     luma, base = [line for line in table.splitlines() if line.startswith(("| luma", "| base"))]
     assert luma.split(" | ")[1:6] == ["1", "400", "2.000", "0.340", "300"]
-    assert "| 2 | 400 | 2.800 ± 0.139 | 0.340 | 350 (seeds: 400, 300) | 1.17 |" in base   # 1.96 * 0.1 / sqrt(2); 350 / 300
+    half = analysis.t_quantile_975(1) * np.std([2.9, 2.7], ddof=1) / np.sqrt(2)                # t(1) interval, 2 seeds
+    assert f"| 2 | 400 | 2.800 ± {half:.3f} | 0.340 | 350 (seeds: 400, 300) | 1.17 |" in base   # 350 / 300
     with Image.open(tmp_path / "out" / "convergence.png") as png:
         assert png.size[0] > 600 and len(set(png.convert("L").getdata())) > 10
     assert (tmp_path / "out" / "convergence.md").read_text() in table
+
+
+def test_seed_interval_is_students_t_over_seeds():
+    from scipy import stats
+    for df in range(1, 61):
+        assert analysis.t_quantile_975(df) == pytest.approx(stats.t.ppf(0.975, df), abs=3e-3), df
+    values = [2.0, 2.6, 2.3]
+    mean, half = analysis.seed_interval(values)
+    low, high = stats.t.interval(0.95, 2, loc=np.mean(values), scale=stats.sem(values))
+    assert mean == pytest.approx(2.3) and half == pytest.approx((high - low) / 2, rel=1e-3)
+    assert analysis.seed_interval([1.5]) == (1.5, 0.0)
+
+
+def test_seeds_table_groups_t2m_rows_by_variant_over_seeds(tmp_path, capsys):
+    # evaluate.py t2m names rows by their last folders where the seed folders repeat; analysis.py seeds groups them
+    names = evaluate.row_names([tmp_path / v / f"seed_{s}" / "final.pt" for v in ("luma", "base") for s in (0, 1, 2)])
+    assert names == [f"{v}/seed_{s}" for v in ("luma", "base") for s in (0, 1, 2)]
+    assert evaluate.row_names([tmp_path / "a" / "final.pt", tmp_path / "b" / "final.pt"]) == ["a", "b"]
+    with pytest.raises(data.InputError, match="share a folder"):
+        evaluate.row_names([tmp_path / "a" / "final.pt", tmp_path / "a" / "checkpoint.pt"])
+    fids = {"luma": [2.0, 2.6, 2.3], "base": [1.2, 1.4, 1.3]}
+    results = {"Real": {"FID": [0.01, 0.03], "Top3": [0.6, 0.6]}}
+    for variant, values in fids.items():
+        for seed, fid in enumerate(values):     # two replications per seed, whose mean is the seed's value
+            results[f"{variant}/seed_{seed}"] = {"FID": [fid - 0.1, fid + 0.1], "Top3": [0.5, 0.5 + 0.02 * seed]}
+    evaluate.write_results_json(results, tmp_path / "t2m_results.json")
+    analysis.main(["seeds", "--results", str(tmp_path / "t2m_results.json"), "--out", str(tmp_path / "out")])
+    table = capsys.readouterr().out
+    rows = {line.split(" | ")[0][2:]: line.split(" | ")[1:] for line in table.splitlines()[2:] if line.startswith("|")}
+    assert set(rows) == {"Real", "luma", "base"} and rows["luma"][0] == "3" and rows["Real"][0] == "1"
+    for variant, values in fids.items():
+        mean, half = np.mean(values), analysis.t_quantile_975(2) * np.std(values, ddof=1) / np.sqrt(3)
+        assert rows[variant][1] == f"{mean:.3f} ± {half:.3f}"
+        assert rows[variant][-1].rstrip(" |") == ", ".join(f"{v:.3f}" for v in values)
+    assert rows["luma"][2].startswith(f"{np.mean([0.5, 0.51, 0.52]):.3f} ± ")
+    assert rows["Real"][1] == "0.020"                    # one seed: its mean, no interval
+    assert (tmp_path / "out" / "seeds.md").read_text() in table
 
 
 def test_t2m_cli_needs_checkpoint_or_real_only(tmp_path, capsys):
@@ -3569,6 +3607,8 @@ BAD_INPUT = [   # (script, argv, exit status, a phrase of the message)
     ("analysis", ["spectrum", "--dataset", "synthetic", "--data-root", "{pickled_mean}", "--out", "{out}/s"], 1, "holds pickled Python objects"),
     ("analysis", ["convergence", "--runs", "{out}", "--out", "{out}/c"], 1, "no eval.csv in"),
     ("analysis", ["convergence", "--runs", "{out}", "--fid-threshold", "0"], 2, "--fid-threshold: expected a finite number > 0, got 0"),
+    ("analysis", ["seeds", "--results", "{final}", "--out", "{out}/se"], 1, "as evaluate.py t2m's t2m_results.json"),
+    ("evaluate", ["t2m", "--dataset", "synthetic", "--checkpoint", "{final}", "{checkpoint}", "--out", "{out}/e"], 1, "share a folder"),
     ("train", TRAIN + ["--keep-checkpoints", "--out-dir", "{out}/t7"], 2, "--keep-checkpoints keeps the checkpoint of each evaluation point; pass --eval-every N as well"),
     ("train", TRAIN + ["--eval-every", "1", "--evaluator-dir", "{out}/noevaluator", "--out-dir", "{out}/t8"], 1, "noevaluator"),
 ]
