@@ -22,6 +22,7 @@ hours, from train.py --eval-every). evaluate.py is the evaluation protocol; this
 
 import argparse
 import csv
+import io
 import json
 import random
 from pathlib import Path
@@ -382,14 +383,15 @@ def run_gradflow(args):
         zetas[label] = zeta
         flows[label] = gradient_flow(model, text_tokens, x0, lengths, target, args.timesteps, zeta=zeta,
                                      lambda_fre=config.lambda_fre, lambda_tem=config.lambda_tem, seed=args.seed)
-    def write_csv(f):
-        f.write(b"run,zeta,t,block,mean_abs_grad,threshold_1pct_of_mean\n")
-        for label, flow in flows.items():
-            for t, blocks in flow.items():
-                threshold = 0.01 * np.mean(list(blocks.values()))
-                for name, value in blocks.items():
-                    f.write(f"{label},{zetas[label]:.4g},{t},{name},{value:.6g},{threshold:.6g}\n".encode())
-    write_atomic(out / "gradflow.csv", write_csv)
+    text = io.StringIO()                            # csv quotes the run labels, which hold commas
+    rows = csv.writer(text, lineterminator="\n")
+    rows.writerow(["run", "zeta", "t", "block", "mean_abs_grad", "threshold_1pct_of_mean"])
+    for label, flow in flows.items():
+        for t, blocks in flow.items():
+            threshold = 0.01 * np.mean(list(blocks.values()))
+            for name, value in blocks.items():
+                rows.writerow([label, f"{zetas[label]:.4g}", t, name, f"{value:.6g}", f"{threshold:.6g}"])
+    write_atomic(out / "gradflow.csv", lambda f: f.write(text.getvalue().encode()))
     plot_gradient_flow(flows, out / "gradflow.png")
     for label, flow in flows.items():
         print(f"{label}: mean |grad| per block at t = {', '.join(map(str, flow))}")
