@@ -39,6 +39,13 @@ from evaluate import METRICS, row_names
 from moclip import initial_text_tower, load_moclip, moclip_from_state
 
 
+def write_csv(path, header, rows):
+    """A CSV file written atomically; the csv module quotes fields that hold commas or quotes (run labels, captions)."""
+    text = io.StringIO()
+    csv.writer(text, lineterminator="\n").writerows([header, *rows])
+    write_atomic(Path(path), lambda f: f.write(text.getvalue().encode()))
+
+
 def _pyplot():
     """matplotlib's pyplot on the file-only Agg backend (no screen needed)."""
     import matplotlib
@@ -383,15 +390,13 @@ def run_gradflow(args):
         zetas[label] = zeta
         flows[label] = gradient_flow(model, text_tokens, x0, lengths, target, args.timesteps, zeta=zeta,
                                      lambda_fre=config.lambda_fre, lambda_tem=config.lambda_tem, seed=args.seed)
-    text = io.StringIO()                            # csv quotes the run labels, which hold commas
-    rows = csv.writer(text, lineterminator="\n")
-    rows.writerow(["run", "zeta", "t", "block", "mean_abs_grad", "threshold_1pct_of_mean"])
+    rows = []
     for label, flow in flows.items():
         for t, blocks in flow.items():
             threshold = 0.01 * np.mean(list(blocks.values()))
-            for name, value in blocks.items():
-                rows.writerow([label, f"{zetas[label]:.4g}", t, name, f"{value:.6g}", f"{threshold:.6g}"])
-    write_atomic(out / "gradflow.csv", lambda f: f.write(text.getvalue().encode()))
+            rows += [[label, f"{zetas[label]:.4g}", t, name, f"{value:.6g}", f"{threshold:.6g}"]
+                     for name, value in blocks.items()]
+    write_csv(out / "gradflow.csv", ["run", "zeta", "t", "block", "mean_abs_grad", "threshold_1pct_of_mean"], rows)
     plot_gradient_flow(flows, out / "gradflow.png")
     for label, flow in flows.items():
         print(f"{label}: mean |grad| per block at t = {', '.join(map(str, flow))}")
@@ -446,13 +451,9 @@ def run_attention(args):
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
 
-    def write_csv(f):
-        f.write(b"prompt,position,token,moclip,initial,difference\n")
-        for text, tokens, trained, start in rows:
-            for j, token in enumerate(tokens):
-                f.write(f'"{text}",{j},"{token}",{trained[j]:.6g},{start[j]:.6g},{trained[j] - start[j]:.6g}\n'
-                        .encode())
-    write_atomic(out / "attention.csv", write_csv)
+    write_csv(out / "attention.csv", ["prompt", "position", "token", "moclip", "initial", "difference"],
+              [[text, j, token, f"{trained[j]:.6g}", f"{start[j]:.6g}", f"{trained[j] - start[j]:.6g}"]
+               for text, tokens, trained, start in rows for j, token in enumerate(tokens)])
     plot_attention(rows, out / "attention.png")
     tower = f"{model.config['clip_model']}/{model.config['clip_pretrained']}"
     print(f"final-layer attention received per token, {args.checkpoint} against its initial tower ({tower}):")
@@ -467,9 +468,8 @@ def run_attention(args):
 def run_convergence(args):
     """Fig. 4: the runs' validation FID against steps and hours -> PNG, and the steps each needs to reach
     --fid-threshold, with the ratio to the first run (the paper's "1.4x faster": steps(--no-anchors) / steps(LUMA))."""
-    curves = {Path(run).name: read_eval_runs(run) for run in args.runs}
-    if len(curves) < len(args.runs):
-        raise InputError(f"two --runs share a folder name ({', '.join(args.runs)}); the names label the curves")
+    names = row_names([Path(run) / "eval.csv" for run in args.runs])     # a/luma and b/luma keep apart
+    curves = {name: read_eval_runs(run) for name, run in zip(names, args.runs)}
     out = Path(args.out)
     plot_convergence(curves, out / "convergence.png", args.fid_threshold)
     lines = ["| run | seeds | last step | final FID | final R@3 | steps to FID <= threshold | ratio to the first |",

@@ -1003,14 +1003,14 @@ def _protocol_inputs(args):
 
 
 def row_names(checkpoints):
-    """A table row name per checkpoint: its folder's name, or as many trailing folders as tell the rows apart
+    """A table row name per checkpoint (or other file of a run folder): its folder's name, or as many trailing folders as tell the rows apart
     (runs/study/luma/seed_0/final.pt and runs/study/no_anchors/seed_0/final.pt -> luma/seed_0, no_anchors/seed_0)."""
     folders = [Path(c).resolve().parent.parts for c in checkpoints]
     if not folders:
         return []
     if len(set(folders)) < len(folders):
-        raise InputError(f"two --checkpoint files share a folder ({', '.join(map(str, checkpoints))}); their rows "
-                         f"are named by the folder, so pass one checkpoint per run folder")
+        raise InputError(f"two of {', '.join(map(str, checkpoints))} share a folder; their rows are named by the "
+                         f"folder, so pass one per run folder")
     for depth in range(1, max(len(f) for f in folders) + 1):
         names = ["/".join(f[-depth:]) or "LUMA" for f in folders]
         if len(set(names)) == len(names):
