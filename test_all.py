@@ -1437,6 +1437,28 @@ def test_moclip_checkpoint_round_trip(tmp_path):
         load_moclip(tmp_path / "other.pt")
 
 
+def test_moclip_attention_dropout_is_its_own_setting_and_old_checkpoints_keep_theirs(tmp_path):
+    # The small preset drops the attention weights' dropout only (a CPU speed choice); the other dropouts stay
+    small = moclip.PRESETS["small"]
+    assert small["attention_dropout"] == 0.0 and small["dropout"] == 0.1
+    model = MoCLIP(12, "small", "none", motion_width=32, motion_layers=2, motion_heads=4, motion_ff=64,
+                   dropout=0.1, attention_dropout=0.0)
+    layers = model.motion.transformer.layers
+    assert all(layer.self_attn.dropout == 0.0 and layer.dropout.p == 0.1 for layer in layers)
+    assert model.config["attention_dropout"] == 0.0
+    # In training mode an encoder without attention dropout is deterministic given its other masks: with the other
+    # dropouts at 0 as well, two forward passes agree, and with attention dropout 0.5 they do not
+    motion, lengths = random_motion(B=3, seed=1)
+    for attention_dropout, same in ((0.0, True), (0.5, False)):
+        encoder = moclip.MotionEncoder(12, 16, 32, 2, 4, 64, dropout=0.0, attention_dropout=attention_dropout).train()
+        assert torch.equal(encoder(motion, lengths), encoder(motion, lengths)) == same
+    # A checkpoint written before the setting existed has no such key: its attention dropout stays `dropout`
+    old = moclip_state(model)
+    old["config"] = {k: v for k, v in old["config"].items() if k != "attention_dropout"}
+    rebuilt = moclip_from_state(old)
+    assert all(layer.self_attn.dropout == 0.1 for layer in rebuilt.motion.transformer.layers)
+
+
 def test_moclip_vit_b32_text_tower_runs_on_cpu():
     torch.manual_seed(0)
     model = MoCLIP(263, clip_model="ViT-B-32", clip_pretrained="none").eval()   # real-data path, random weights
@@ -2321,6 +2343,39 @@ def _train_flags(tiny, out_dir, steps):
 
 def _train(tiny, out_dir, steps, *extra):
     return train.main([*_train_flags(tiny, out_dir, steps), *extra])
+
+
+def test_train_compiles_by_default_only_where_it_pays(monkeypatch):
+    # Default on for a CPU run of >= COMPILE_PAYS_AFTER steps with a C++ compiler; off for short runs, GPUs, and
+    # where no compiler is found; the user's --compile / --no-compile always wins
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    args = train.get_args(["--dataset", "synthetic"])
+    assert args.compile is None and args.steps >= train.COMPILE_PAYS_AFTER
+    monkeypatch.setattr(train.shutil, "which", lambda name: f"/usr/bin/{name}")
+    assert train.compile_by_default(args, cpu) and not train.compile_by_default(args, cuda)
+    short = train.get_args(["--dataset", "synthetic", "--steps", str(train.COMPILE_PAYS_AFTER - 1)])
+    assert not train.compile_by_default(short, cpu)
+    monkeypatch.setattr(train.shutil, "which", lambda name: None)
+    assert not train.compile_by_default(args, cpu)
+    assert train.get_args(["--dataset", "synthetic", "--no-compile"]).compile is False
+    assert train.get_args(["--dataset", "synthetic", "--compile"]).compile is True
+
+
+def test_train_falls_back_to_eager_when_the_default_compile_fails(tiny, tmp_path, monkeypatch, capsys):
+    # A laptop without a working compiler: the default compile fails in the first step, the run continues eagerly
+    # and ends exactly as a --no-compile run does (no weight had changed when the compiled forward failed)
+    def failing_compile(module):
+        def forward(*args, **kwargs):
+            raise train.COMPILE_ERRORS[-1](RuntimeError("C++ compile error: no compiler"), None)
+        return forward
+    monkeypatch.setattr(train, "COMPILE_PAYS_AFTER", 3)
+    monkeypatch.setattr(train.torch, "compile", failing_compile)
+    _train(tiny, tmp_path / "fallback", 3)
+    assert "training eagerly instead" in capsys.readouterr().out
+    _train(tiny, tmp_path / "eager", 3, "--no-compile")
+    _compare_runs(tmp_path / "fallback", tmp_path / "eager", 3)
+    with pytest.raises(train.COMPILE_ERRORS[-1]):          # asked for by the user: the error is theirs to see
+        _train(tiny, tmp_path / "asked", 3, "--compile")
 
 
 def _compare_runs(run_a, run_b, steps):
