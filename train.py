@@ -44,6 +44,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torch._dynamo.exc
+import torch._inductor.exc
 from tqdm import tqdm
 
 from anchors import AnchorWeighting, DualAnchor, dual_anchor_loss
@@ -202,9 +204,8 @@ def compile_by_default(args, device):
         shutil.which(name) for name in (compiler, "c++", "clang++"))
 
 
-COMPILE_ERRORS = tuple(error for error in (getattr(torch._dynamo.exc, "BackendCompilerFailed", None),
-                                           getattr(getattr(torch, "_inductor", None) and torch._inductor.exc,
-                                                   "InductorError", None)) if error is not None)
+# What a failed torch.compile raises in its first call: the backend's failure as dynamo wraps it, and inductor's own.
+COMPILE_ERRORS = (torch._dynamo.exc.BackendCompilerFailed, torch._inductor.exc.InductorError)
 
 
 def check_run_folder(args):
@@ -570,9 +571,9 @@ def run(args):
     eager_forward = luma_forward
     if args.compile:
         luma_forward = torch.compile(luma_forward)
-        if is_main:
-            print(f"torch.compile: the first step compiles the UNet and anchors (1.5-2.5 minutes on 2 CPU cores)"
-                  f"{'; --no-compile to skip' if compile_chosen else ''}")
+        if is_main and compile_chosen:
+            print("torch.compile: the first step compiles the UNet and anchors (1.5-2.5 minutes on 2 CPU cores); "
+                  "--no-compile to skip")
     n_params = sum(p.numel() for p in model.unet.parameters())
     n_anchor = sum(p.numel() for p in model.anchor.parameters()) if model.anchor is not None else 0
     if is_main:
@@ -661,11 +662,11 @@ def run(args):
             loss, terms = train_step(args, model, luma_forward, optimizer, ema_unet, features, abar, batch, step,
                                      rank, world_size)
         except COMPILE_ERRORS as error:        # raised in the forward, before any weight changed: the step reruns
-            if not compile_chosen or luma_forward is eager_forward:
+            if not compile_chosen:                       # the user's --compile: the error is theirs to see
                 raise
             print(f"torch.compile failed ({type(error).__name__}: {str(error)[:200]}); training "
                   f"eagerly instead (pass --no-compile to skip the attempt)")
-            luma_forward = eager_forward
+            luma_forward, compile_chosen = eager_forward, False
             loss, terms = train_step(args, model, luma_forward, optimizer, ema_unet, features, abar, batch, step,
                                      rank, world_size)
         step += 1
