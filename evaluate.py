@@ -45,6 +45,7 @@ import json
 import math
 import pickle
 import random
+import re
 import sys
 from pathlib import Path
 
@@ -1004,14 +1005,17 @@ def _protocol_inputs(args):
 
 def row_names(checkpoints):
     """A table row name per checkpoint (or other file of a run folder): its folder's name, or as many trailing folders as tell the rows apart
-    (runs/study/luma/seed_0/final.pt and runs/study/no_anchors/seed_0/final.pt -> luma/seed_0, no_anchors/seed_0)."""
+    (runs/study/luma/seed_0/final.pt and runs/study/no_anchors/seed_0/final.pt -> luma/seed_0, no_anchors/seed_0).
+    A seed folder (seed_<n>) is always named with its parent, the variant, so that one variant's seeds evaluated on
+    their own (runs/study/no_fre/seed_{0,1,2}) still give no_fre/seed_0 ... for analysis.py seeds to group."""
     folders = [Path(c).resolve().parent.parts for c in checkpoints]
     if not folders:
         return []
     if len(set(folders)) < len(folders):
         raise InputError(f"two of {', '.join(map(str, checkpoints))} share a folder; their rows are named by the "
                          f"folder, so pass one per run folder")
-    for depth in range(1, max(len(f) for f in folders) + 1):
+    first_depth = 2 if any(re.fullmatch(r"seed_\d+", f[-1]) for f in folders if f) else 1
+    for depth in range(first_depth, max(len(f) for f in folders) + 1):
         names = ["/".join(f[-depth:]) or "LUMA" for f in folders]
         if len(set(names)) == len(names):
             return names

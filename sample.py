@@ -62,13 +62,13 @@ class LUMASampler:
         generator = torch.Generator(self.device).manual_seed(seed)
         T = max(lengths)                        # the backbone generates at the batch's longest length, then crops
         x_T = torch.randn(len(texts), T, self.mean.shape[0], generator=generator, device=self.device)
-        with autocast:                          # the text tower and the UNet's text adapter: once per batch
+        with autocast:     # the text tower, the UNet's text adapter and its cross-attention contexts: once per call
             text_latent = self.unet.encode_text(self.text_encoder.encode_text_tokens(list(texts)))   # (B, 77, W')
-        text_latent2 = torch.cat([text_latent, text_latent])                      # cond half, uncond half
+            text_context = self.unet.text_context(text_latent)     # the conditional half; the other half has no text
 
         def denoise(x, t, cond_mask):
             with autocast:
-                return self.unet(x, t, cond_mask=cond_mask, text_latent=text_latent2[: x.shape[0]])[0].float()
+                return self.unet(x, t, cond_mask=cond_mask, text_context=text_context)[0].float()
 
         def model_fn(x_t, t):
             return guided_x0(denoise, x_t, t, guidance)                           # Eq. (3), one 2B forward

@@ -47,7 +47,7 @@ from evaluate import (POS_CLASSES, RestrictedUnpickler, T2MEvaluator, WordVector
     save_evaluator, to_eval_space, write_results_json)
 from moclip import (MoCLIP, contrastive_loss, load_moclip, moclip_from_state, moclip_state, retrieval_eval, set_stage,
     topk_accuracy)
-from unet import ANCHOR_BLOCKS, FrameGroupNorm, PRESETS, UNet, timestep_embedding
+from unet import ANCHOR_BLOCKS, FrameGroupNorm, LinearCrossAttention, PRESETS, UNet, timestep_embedding
 
 # The repository sits beside shared/ (reference data and specs), in CI as on a developer machine.
 REPO_ROOT = Path(__file__).resolve().parent
@@ -1695,12 +1695,53 @@ def test_mixed_cond_mask_batch_equals_separate_runs():
 
 
 def test_pre_encoded_text_gives_the_same_output():
+    # Samplers encode the text once per call: as text_latent, or further as the cross-attention contexts.
     model = _randomise_zero_init(_tiny_unet()).eval()
     x, t, tokens = _inputs()
     with torch.no_grad():
         a, _ = model(x, t, tokens)
         b, _ = model(x, t, text_latent=model.encode_text(tokens))
-    assert torch.equal(a, b)
+        c, _ = model(x, t, text_context=model.text_context(model.encode_text(tokens)))
+    assert torch.equal(a, b) and torch.equal(a, c)
+    context = model.text_context(model.encode_text(tokens))
+    with pytest.raises(ValueError, match="not several"):
+        model(x, t, tokens, text_context=context)
+    with pytest.raises(ValueError, match="batch 2 > motion batch 1"):
+        model(x[:1], t[:1], text_context=context)
+    # a context of the first sample only: the second is unconditional, as a guided sampler's second half
+    first = model.text_context(model.encode_text(tokens[:1]))
+    with torch.no_grad():
+        d, _ = model(x, t, cond_mask=torch.tensor([True, False]), text_context=first)
+        e, _ = model(x, t, tokens, cond_mask=torch.tensor([True, False]))
+    torch.testing.assert_close(d, e, rtol=1e-5, atol=1e-5)
+    assert torch.equal(d[1], e[1])                                # the unconditional sample: the same ops, bit for bit
+    with pytest.raises(ValueError, match="beyond the 1 the text_context covers"):
+        model(x, t, cond_mask=torch.tensor([True, True]), text_context=first)
+    with pytest.raises(ValueError, match="the dict UNet.text_context returns"):
+        model(x, t, text_context={"down0": context["down0"]})
+
+
+def test_linear_cross_attention_matches_the_backbones_formula():
+    # The block builds its query channels-first (for speed on CPUs); the numbers must be the backbone's layout:
+    # q = softmax over each head's d channels of query(LayerNorm(x^T)) viewed (B, T, H, d), k = softmax over the
+    # tokens, y = q (k^T v) per head, added to x where cond is 1.
+    torch.manual_seed(0)
+    B, C, T, L, E, H = 3, 64, 26, 7, 32, 8
+    attn = LinearCrossAttention(C, E, H, dropout=0.0).eval()
+    with torch.no_grad():
+        for p in attn.parameters():
+            p.copy_(torch.randn_like(p))
+        x, text, cond = torch.randn(B, C, T), torch.randn(B, L, E), torch.tensor([1.0, 0.0, 1.0])
+        q = attn.query(F.layer_norm(x.transpose(1, 2), (C,), attn.norm.weight, attn.norm.bias))
+        q = q.view(B, T, H, C // H).softmax(dim=-1)
+        normed = F.layer_norm(text, (E,), attn.text_norm.weight, attn.text_norm.bias)
+        k = attn.key(normed).view(B, L, H, C // H).softmax(dim=1)
+        v = attn.value(normed).view(B, L, H, C // H)
+        y = torch.einsum("bthd,blhd,blhe->bthe", q, k, v).reshape(B, T, C).transpose(1, 2)
+        expected = x + y * cond[:, None, None]
+        got = attn(x, attn.context(text), cond)
+    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
+    assert torch.equal(got[1], x[1])                              # the null condition: exactly the input
 
 
 def test_every_parameter_receives_a_gradient():
@@ -2547,10 +2588,12 @@ def test_bench_cpu_measures_the_full_step_and_the_sampler(tmp_path, capsys):
         forward = bench.count_flops(lambda: model(x0, t, tokens, t == 0, lengths))
     assert frozen + 2.7 * forward < train_row["flops"] < frozen + 3.0 * forward
     # sampling: 10 solver steps, each one UNet forward of 2B (guidance batched), about 10x one such forward
-    # (the text tower and the UNet's text adapter run once per call, not per step)
+    # (the text tower, the UNet's text adapter and the cross-attention contexts run once per call, not per step)
     with torch.no_grad():
-        x2, t2, latent2 = x0[:2], torch.zeros(2, dtype=torch.long), model.unet.encode_text(tokens[:2])
-        unet_2b = bench.count_flops(lambda: model.unet(x2, t2, text_latent=latent2))
+        x2, t2 = x0[:2], torch.zeros(2, dtype=torch.long)
+        context1 = model.unet.text_context(model.unet.encode_text(tokens[:1]))   # the conditional half only
+        unet_2b = bench.count_flops(lambda: model.unet(x2, t2, cond_mask=torch.tensor([True, False]),
+                                                       text_context=context1))
     assert 10 * unet_2b < sample_row["flops"] < 10.5 * unet_2b
     table = capsys.readouterr().out
     assert "| train | fp32-eager | 24 |" in table and "peak RSS" in table
@@ -3442,6 +3485,9 @@ def test_seeds_table_groups_t2m_rows_by_variant_over_seeds(tmp_path, capsys):
     # evaluate.py t2m names rows by their last folders where the seed folders repeat; analysis.py seeds groups them
     names = evaluate.row_names([tmp_path / v / f"seed_{s}" / "final.pt" for v in ("luma", "base") for s in (0, 1, 2)])
     assert names == [f"{v}/seed_{s}" for v in ("luma", "base") for s in (0, 1, 2)]
+    # one variant's seeds on their own keep the variant's name (as "seed_0" they would be three variants)
+    alone = evaluate.row_names([tmp_path / "no_fre" / f"seed_{s}" / "final.pt" for s in (0, 1, 2)])
+    assert alone == [f"no_fre/seed_{s}" for s in (0, 1, 2)]
     assert evaluate.row_names([tmp_path / "a" / "final.pt", tmp_path / "b" / "final.pt"]) == ["a", "b"]
     with pytest.raises(data.InputError, match="share a folder"):
         evaluate.row_names([tmp_path / "a" / "final.pt", tmp_path / "a" / "checkpoint.pt"])
