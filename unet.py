@@ -367,12 +367,12 @@ class UNet(nn.Module):
             n = text_context["down0"][0].shape[0]
             if n > B:
                 raise ValueError(f"text_context batch {n} > motion batch {B}")
-            if n < B and cond_mask is not None and bool(cond_mask[n:].any()):
-                raise ValueError(f"cond_mask asks for conditional samples beyond the {n} the text_context covers")
         if cond_mask is not None:
             if cond_mask.shape != (B,) or cond_mask.dtype != torch.bool:
                 raise ValueError(f"cond_mask must be a bool tensor of shape ({B},), got {cond_mask.dtype} "
                                  f"{tuple(cond_mask.shape)}")
+            if text_context is not None and n < B and bool(cond_mask[n:].any()):
+                raise ValueError(f"cond_mask asks for conditional samples beyond the {n} the text_context covers")
             if text_tokens is None and text_latent is None and text_context is None and bool(cond_mask.any()):
                 raise ValueError("cond_mask asks for conditional samples but no text was given; pass text_tokens")
         return B, T, D
