@@ -19,7 +19,8 @@ Chapters: 1 reading, 2 forward kinematics, 3 retargeting, 4 units, axes and fram
 and captions, 6 importing a dataset (and checking one), 7 command line.
 Public API (numpy only; `import bvh` works with this file alone):
     read_bvh(path) / parse_bvh(bytes) -> BVH          forward_kinematics(bvh, end_sites=False) -> (T, J, 3)
-    JOINT_MAPS, read_joint_map(path), retarget(positions, names, joint_map, target_names) -> (T, J', 3)
+    JOINT_MAPS, joint_map_for(name | path, kind), read_joint_map(path)
+    retarget(positions, names, joint_map, target_names) -> (T, J', 3)
     coincident_joints, separate_coincident_joints     infer_scale, to_y_up, resample, windows
 The dataset import and check use data.py, imported where they are needed:
     import_dataset(sources, out, fmt, ...) -> report   ensure_bandai(out)   check_dataset(root) -> per-clip measures
@@ -320,10 +321,13 @@ JOINT_MAPS = {
 
 
 def joint_map_for(joint_map, kind="t2m"):
-    """--joint-map as the commands take it: a built-in rig's name (JOINT_MAPS) -> its map onto the `kind` skeleton;
-    anything else (a user's JSON file, or a dict) is returned as given."""
-    if not isinstance(joint_map, str) or joint_map not in JOINT_MAPS:
+    """--joint-map as the commands take it -> the map itself: a built-in rig's name (JOINT_MAPS) gives its map onto
+    the `kind` skeleton, any other string or path is a user's JSON file (read_joint_map); a dict or None is returned
+    as given."""
+    if joint_map is None or isinstance(joint_map, dict):
         return joint_map
+    if str(joint_map) not in JOINT_MAPS:
+        return read_joint_map(joint_map)
     if kind not in JOINT_MAPS[joint_map]:
         raise BVHError(f"the built-in map {joint_map} has no {kind} target; pass a JSON map")
     return JOINT_MAPS[joint_map][kind]
@@ -630,7 +634,7 @@ def import_dataset(sources, out, fmt="bandai", joint_map=None, captions=None, ki
     elif fmt == "generic":
         if joint_map is None or captions is None:
             raise BVHError("a generic import needs --joint-map map.json and --captions captions.csv")
-        joint_map = read_joint_map(joint_map) if isinstance(joint_map, (str, Path)) else joint_map
+        joint_map = joint_map_for(joint_map, kind)
         captions = read_captions_csv(captions) if isinstance(captions, (str, Path)) else captions
     else:
         raise BVHError(f"unknown import format {fmt!r}; expected 'bandai' or 'generic'")

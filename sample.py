@@ -236,10 +236,8 @@ def read_known_motion(source, kind, data_root=None, joint_map="bandai"):
     D, J = skeleton.feature_dim, skeleton.num_joints
     path = Path(source)
     if path.suffix.lower() == ".bvh":
-        from bvh import bvh_to_joints, joint_map_for, read_bvh, read_joint_map
-        mapping = joint_map_for(joint_map, kind)
-        mapping = mapping if isinstance(mapping, dict) else read_joint_map(mapping)
-        joints, _ = bvh_to_joints(read_bvh(path), mapping, kind)
+        from bvh import bvh_to_joints, joint_map_for, read_bvh
+        joints, _ = bvh_to_joints(read_bvh(path), joint_map_for(joint_map, kind), kind)
         return joints_to_features(joints, kind).astype(np.float32)
     if path.suffix.lower() != ".npy":
         path = Path(data_root or ".") / "new_joint_vecs" / f"{source}.npy"

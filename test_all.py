@@ -988,10 +988,16 @@ def test_joint_maps_list_the_skeletons_joints_in_order():
         ("LeftUpLeg", "LowerBack", "LeftShoulder", "LeftArm")
 
 
-def test_joint_map_for_resolves_built_in_names_for_the_skeleton():
+def test_joint_map_for_resolves_built_in_names_for_the_skeleton_and_reads_files(tmp_path):
     assert bvh.joint_map_for("cmu", "t2m") is bvh.JOINT_MAPS["cmu"]["t2m"]
     assert bvh.joint_map_for("bandai", "kit") is bvh.JOINT_MAPS["bandai"]["kit"]
-    assert bvh.joint_map_for("my_map.json", "t2m") == "my_map.json"            # a user's file, read where it is used
+    user_map = tmp_path / "my_map.json"
+    user_map.write_text(json.dumps({"pelvis": "Hips", "spine1": ["Spine", "Chest"]}))
+    for given in (user_map, str(user_map)):                                   # a user's file, read once, here
+        assert bvh.joint_map_for(given, "t2m") == {"pelvis": "Hips", "spine1": ["Spine", "Chest"]}
+    assert bvh.joint_map_for(None) is None
+    with pytest.raises(bvh.BVHError, match="cannot read the joint map"):
+        bvh.joint_map_for(tmp_path / "absent.json", "t2m")
     with pytest.raises(bvh.BVHError, match="the built-in map cmu has no kit target; pass a JSON map"):
         bvh.joint_map_for("cmu", "kit")
 
@@ -1708,6 +1714,11 @@ def test_pre_encoded_text_gives_the_same_output():
         model(x, t, tokens, text_context=context)
     with pytest.raises(ValueError, match="batch 2 > motion batch 1"):
         model(x[:1], t[:1], text_context=context)
+    latent = model.encode_text(tokens)
+    with pytest.raises(ValueError, match="text_latent batch 2 != motion batch 1"):
+        model(x[:1], t[:1], text_latent=latent)
+    with pytest.raises(ValueError, match=r"text_latent must be \(B, L, \d+\) from encode_text, got \(2, \d+\)"):
+        model(x, t, text_latent=latent[..., 0])
     # a context of the first sample only: the second is unconditional, as a guided sampler's second half
     first = model.text_context(model.encode_text(tokens[:1]))
     with torch.no_grad():

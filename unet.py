@@ -356,10 +356,8 @@ class UNet(nn.Module):
             raise ValueError("pass one of text_tokens, text_latent and text_context, not several")
         if text_tokens is not None and text_tokens.shape[0] != B:
             raise ValueError(f"text_tokens batch {text_tokens.shape[0]} != motion batch {B}")
-        if text_latent is not None and (text_latent.dim() != 3 or text_latent.shape[0] != B
-                                        or text_latent.shape[-1] != self.text_latent_dim):
-            raise ValueError(f"text_latent must be ({B}, L, {self.text_latent_dim}) from encode_text, "
-                             f"got {tuple(text_latent.shape)}")
+        if text_latent is not None and text_latent.dim() == 3 and text_latent.shape[0] != B:  # shape: text_context
+            raise ValueError(f"text_latent batch {text_latent.shape[0]} != motion batch {B}")
         if text_context is not None:
             if not isinstance(text_context, dict) or set(text_context) != set(self.blocks):
                 raise ValueError(f"text_context must be the dict UNet.text_context returns, with the levels "
