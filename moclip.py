@@ -12,7 +12,8 @@ Training has two stages (App. B.0.3): stage 1 trains only the motion encoder, th
 --stage1-projection also trains the text projection and the temperature, as the precursor does); stage 2 unfreezes
 the last text layer, the final LayerNorm, the projection and the temperature and fine-tunes all of it at a lower
 learning rate. Early stopping on the validation loss. Retrieval is top-1/2/3 inside shuffled batches of
-32 on the test split, both directions, mean and 95% CI over repeats (Table 5).
+32 on the test split, both directions, mean and 95% CI over repeats (Table 5's measure; the paper gives no
+protocol, so the pools of 32 follow App. A.1's R-precision).
 
 LUMA uses the trained MoCLIP twice: its token-wise text features (77 x W, after ln_final) feed the UNet's
 cross-attention, and its frozen motion encoder gives the temporal anchor target f_tem(x0) (Eq. 9).
@@ -505,7 +506,7 @@ def train_moclip(dataset="synthetic", data_root=None, out=None, clip_model=None,
 
 
 # ---------------------------------------------------------------------------------------------------------------------
-# Retrieval (Table 5 protocol)
+# Retrieval (Table 5's top-k; pools of 32 as App. A.1's R-precision, since Table 5 states no protocol)
 
 def topk_accuracy(similarity, ks=(1, 2, 3)):
     """Square similarity (N, N) with the match on the diagonal -> {k: fraction of rows whose match is in the top k}."""
@@ -620,7 +621,7 @@ def evaluate_checkpoint(args):
     batch_size = args.batch_size or 32
     result = retrieval_eval(model, test_set, repeats=args.repeats, batch_size=batch_size, seed=args.seed)
     print(f"MoCLIP retrieval, {dataset} test split ({len(test_set)} samples), batches of {batch_size}, "
-          f"{args.repeats} repeats, mean ± 95% CI (Table 5 protocol)")
+          f"{args.repeats} repeats, mean ± 95% CI (Table 5's top-k)")
     print(format_retrieval(result))
 
 

@@ -1519,7 +1519,7 @@ def test_moclip_offline_pretrained_fails_fast_with_hint(monkeypatch):
         MoCLIP(263, clip_model="small", clip_pretrained="openai")
 
 
-# Retrieval (Table 5 protocol)
+# Retrieval (Table 5's top-k, pools of 32)
 
 def test_moclip_topk_accuracy_on_constructed_similarities():
     assert topk_accuracy(torch.eye(32)) == {1: 1.0, 2: 1.0, 3: 1.0}
