@@ -326,11 +326,12 @@ def joint_map_for(joint_map, kind="t2m"):
     as given."""
     if joint_map is None or isinstance(joint_map, dict):
         return joint_map
-    if str(joint_map) not in JOINT_MAPS:
+    name = str(joint_map)
+    if name not in JOINT_MAPS:
         return read_joint_map(joint_map)
-    if kind not in JOINT_MAPS[joint_map]:
-        raise BVHError(f"the built-in map {joint_map} has no {kind} target; pass a JSON map")
-    return JOINT_MAPS[joint_map][kind]
+    if kind not in JOINT_MAPS[name]:
+        raise BVHError(f"the built-in map {name} has no {kind} target; pass a JSON map")
+    return JOINT_MAPS[name][kind]
 
 
 def read_joint_map(path):
