@@ -11,6 +11,7 @@ shared/spec/t2m_evaluator.md (section numbers B.x below refer to it):
         .encode_motion(motions (B,196,D) eval-normalised, m_lens (B,))   -> (B, 512)
         .encode_text(word_embs (B,22,300), pos_ohot (B,22,15), cap_lens) -> (B, 512)
     load_evaluator(path_or_dir, dim_pose)           finest.tar in either directory layout of B.1
+    weights_sha1(model)           which weights scored a table (recorded in every results JSON)
     WordVectorizer(glove_dir)     GloVe our_vab_* files (B.2); pickles read by a restricted unpickler
     evaluator_text_input(tokens, vectorizer)        B.3: "word/POS" tokens -> (22,300), (22,15), cap_len
     load_eval_meta(meta_dir, kind), to_eval_space(...)   the evaluator's mean/std and the bridge from model stats
@@ -41,6 +42,7 @@ Status: all four subcommands are built; MultiModality (B.8) is computed for ever
 
 import argparse
 import contextlib
+import hashlib
 import json
 import math
 import pickle
@@ -219,6 +221,18 @@ def load_evaluator(path_or_dir, dim_pose=263):
 def save_evaluator(model, path, **extra):
     """Write the three state dicts (plus plain extras) atomically in the finest.tar key layout."""
     save_checkpoint({name: getattr(model, name).state_dict() for name in _SUBMODULES} | extra, path)
+
+
+def weights_sha1(model):
+    """A short fingerprint (12 hex digits of SHA-1) of a module's weights, name by name in state_dict order.
+    A self-trained evaluator retrained from the same command on another CPU is a different evaluator (float rounding
+    differs between kernels, and training amplifies it) and scores the same motions differently, so every results
+    JSON records which weights scored it; two tables compare only where this matches."""
+    digest = hashlib.sha1()
+    for name, tensor in model.state_dict().items():
+        digest.update(name.encode())
+        digest.update(tensor.detach().to("cpu", torch.float32).contiguous().numpy().tobytes())
+    return digest.hexdigest()[:12]
 
 
 def load_eval_meta(meta_dir, kind="t2m"):
@@ -999,7 +1013,8 @@ def _protocol_inputs(args):
     vectorizer = WordVectorizer(glove_dir)
     eval_mean, eval_std = load_eval_meta(meta_dir, kind)
     dataset = MotionDataset(root, args.split, kind, mode="eval", eval_mean=eval_mean, eval_std=eval_std)
-    print(f"{args.dataset} {args.split}: {len(dataset)} samples -> {len(dataset) // 32} batches of 32 per pass")
+    print(f"{args.dataset} {args.split}: {len(dataset)} samples -> {len(dataset) // 32} batches of 32 per pass; "
+          f"evaluator {evaluator_dir} (weights sha1 {weights_sha1(evaluator)})")
     return evaluator, vectorizer, dataset
 
 
@@ -1040,7 +1055,7 @@ def run_t2m(args):
     write_atomic(out / "t2m_table.md", lambda f: f.write(table.encode()))
     write_results_json(results, out / "t2m_results.json", command=" ".join(sys.argv), dataset=args.dataset,
                        replications=args.replications, split=args.split, test_samples=len(dataset),
-                       mm_captions=args.mm_captions,
+                       evaluator_sha1=weights_sha1(evaluator), mm_captions=args.mm_captions,
                        mm_repeats=args.mm_repeats, mm_times=args.mm_times)
     print(f"wrote {out / 't2m_table.md'} and {out / 't2m_results.json'}")
     return results
@@ -1064,7 +1079,8 @@ def run_moclip(args):
     write_atomic(out / "moclip_table.md", lambda f: f.write(table.encode()))
     write_results_json(results, out / "moclip_results.json", command=" ".join(sys.argv), dataset=args.dataset,
                        checkpoint=str(checkpoint), replications=args.replications, split=args.split,
-                       test_samples=len(dataset))
+                       test_samples=len(dataset), evaluator_sha1=weights_sha1(evaluator),
+                       moclip_sha1=weights_sha1(moclip_model))
     print(f"wrote {out / 'moclip_table.md'} and {out / 'moclip_results.json'}")
     return results
 

@@ -3252,6 +3252,15 @@ def test_train_evaluator_writes_files_that_load_strictly(tiny, tmp_path):
     ds = evaluate.MotionDataset(root, "train", "t2m")
     np.testing.assert_array_equal(mean, ds.mean)
     np.testing.assert_array_equal(std, ds.std)
+    # Retrained from the same command on the same machine, the evaluator is the same weights, bit for bit (the same
+    # code path); its fingerprint, which every results JSON records, tells it from any other set of weights
+    again = evaluate.train_evaluator("synthetic", root, tmp_path / "ev2", ae_steps=1, ae_batch_size=4, epochs=1,
+                                     batch_size=2, progress=False)
+    assert evaluate.weights_sha1(load_evaluator(again, 263)) == evaluate.weights_sha1(model)
+    other = load_evaluator(again, 263)
+    with torch.no_grad():
+        next(other.parameters())[0].view(-1)[0] += 1e-6
+    assert evaluate.weights_sha1(other) != evaluate.weights_sha1(model)
 
 
 def test_protocol_real_row_and_identity_generator_on_tiny(tiny, tmp_path, monkeypatch):
@@ -3376,6 +3385,9 @@ def test_moclip_command_scores_the_protocol_batches(tiny, tmp_path, capsys):
                                       progress=False, diversity_times=4)["Real"]
     for k in ("Top1", "Top2", "Top3"):
         assert saved[rows[0]][k]["values"][0] == pytest.approx(real[k][0], abs=1e-12)
+    meta = json.loads((out / "moclip_results.json").read_text())["meta"]
+    assert meta["evaluator_sha1"] == evaluate.weights_sha1(evaluator)
+    assert meta["moclip_sha1"] == evaluate.weights_sha1(load_moclip(ckpt, "cpu"))
 
 
 def _short_clip_root(root, data_root):
@@ -3418,6 +3430,7 @@ def test_t2m_generates_at_the_loader_minimum_on_the_chosen_split(tiny, tmp_path,
                    "--replications", "2", "--mm-captions", "0", "--device", "cpu", "--out", str(out)])
     saved = json.loads((out / "t2m_results.json").read_text())
     assert saved["meta"]["split"] == "val" and saved["meta"]["test_samples"] == 48
+    assert saved["meta"]["evaluator_sha1"] == evaluate.weights_sha1(load_evaluator(tmp_path / "ev", 263))
     assert len(calls) == 2 * 3
     gt_lens, generated_lens = calls[0::3], calls[1::3]
     assert min(n for batch in gt_lens for n in batch) == 36                       # short crops do occur
