@@ -208,7 +208,8 @@ def plot_attention(rows, path):
         difference = trained - initial
         ax.bar(range(len(tokens)), difference, color=["tab:red" if d > 0 else "tab:blue" for d in difference])
         ax.axhline(0, color="k", lw=0.5)
-        ax.set_xticks(range(len(tokens)), tokens, fontsize=8)
+        labels = [{"<start_of_text>": "<sot>", "<end_of_text>": "<eot>"}.get(t, t) for t in tokens]  # fit the bars
+        ax.set_xticks(range(len(tokens)), labels, fontsize=8)
         ax.set_title(f'"{text}"', fontsize=9)
         ax.set_ylabel("Δ attention", fontsize=8)
     fig.suptitle("final text layer: attention received, MoCLIP minus the tower it started from", fontsize=10)
