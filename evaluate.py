@@ -49,6 +49,7 @@ import pickle
 import random
 import re
 import sys
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -798,6 +799,13 @@ def generation_lengths(m_lens, kind="t2m"):
     return torch.as_tensor(m_lens).clamp(SKELETONS[kind].min_motion_len, MAX_EVAL_LEN)
 
 
+def protocol_stream(seed, replication, row, purpose):
+    """The random stream for one kind of draw (purpose) of one table row in one replication, keyed by their names: a
+    row's Diversity and MultiModality pairs are then the same whichever other rows share the table (one stream that
+    every row drew from in turn made the Real row's Diversity depend on the number of rows)."""
+    return np.random.default_rng([seed, replication, zlib.crc32(row.encode()), zlib.crc32(purpose.encode())])
+
+
 def evaluate_protocol(evaluator, vectorizer, dataset, replications=20, generators=None, batch_size=32, seed=0,
                       device="cpu", progress=True, diversity_times=None, mm_captions=100, mm_repeats=30, mm_times=10,
                       kind="t2m"):
@@ -809,9 +817,10 @@ def evaluate_protocol(evaluator, vectorizer, dataset, replications=20, generator
     diversity_times: None is the B.7 rule (300 pairs if N > 300, else 100); tests on tiny data pass fewer.
     MultiModality (generated rows only; B.9 step 6): per replication, mm_captions random test items (caption and
     eval-mode m_len; the same for every row) are generated mm_repeats times each, and multimodality() averages
-    mm_times pairs (B.9: 100, 30, 10). mm_captions=0 skips it. Its random draws come from a child of the seeded rng
-    and never shift the protocol's own draws (GT crops, Diversity pairs); a generator that counts its calls (as
-    _luma_generator does for its seeds) does see the MM calls.
+    mm_times pairs (B.9: 100, 30, 10). mm_captions=0 skips it. Its random draws never shift the protocol's own
+    draws (GT crops, Diversity pairs); a generator that counts its calls (as _luma_generator does for its seeds) does
+    see the MM calls. Diversity and MultiModality pairs come from a stream of their own per replication and row
+    (protocol_stream), so a row's numbers do not depend on which other rows share the table.
     """
     generators = generators or {}
     if mm_captions < 0:
@@ -822,8 +831,6 @@ def evaluate_protocol(evaluator, vectorizer, dataset, replications=20, generator
     if mm_captions > len(dataset) and generators:
         raise InputError(f"--mm-captions {mm_captions} is more than the {len(dataset)} test samples; lower it")
     loader = _protocol_loader(dataset, batch_size, seed)
-    rng = np.random.default_rng(seed)
-    mm_rng = rng.spawn(1)[0]                  # spawning does not advance rng: Diversity draws stay as without MM
     rows = ["Real"] + list(generators)
     results = {row: {m: [] for m in METRICS} for row in rows}
     for rep in tqdm(range(replications), desc="replications", disable=not progress):
@@ -851,14 +858,16 @@ def evaluate_protocol(evaluator, vectorizer, dataset, replications=20, generator
             for k, name in enumerate(("Top1", "Top2", "Top3")):
                 results[row][name].append(float(top[row][k] / n))
             results[row]["MM-Dist"].append(dist_sum[row] / n)
-            results[row]["Diversity"].append(diversity(a, times, rng))
+            results[row]["Diversity"].append(diversity(a, times, protocol_stream(seed, rep, row, "diversity")))
         if mm_captions and generators:                                           # B.9 step 6: GT shows '-'
-            mm_caps, mm_lens = _mm_items(dataset, mm_captions, mm_rng)           # shared by all generated rows
+            mm_caps, mm_lens = _mm_items(dataset, mm_captions,                   # shared by all generated rows
+                                         protocol_stream(seed, rep, "", "multimodality items"))
             mm_lens = generation_lengths(mm_lens, kind)
             for row, generate in generators.items():
                 mm_acts = mm_embeddings(evaluator, generate, mm_caps, mm_lens, mm_repeats, batch_size, device,
                                         progress, f"MultiModality {row}: {mm_captions} x {mm_repeats}")
-                results[row]["MultiModality"].append(multimodality(mm_acts, mm_times, mm_rng))   # B.8 MultiModality
+                pairs = protocol_stream(seed, rep, row, "multimodality pairs")
+                results[row]["MultiModality"].append(multimodality(mm_acts, mm_times, pairs))    # B.8 MultiModality
     return results
 
 

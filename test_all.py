@@ -3294,6 +3294,19 @@ def test_protocol_real_row_and_identity_generator_on_tiny(tiny, tmp_path, monkey
         np.testing.assert_allclose(results["identity"][metric], results["Real"][metric], rtol=1e-9, atol=1e-9)
     table = results_table(results)
     assert "| Real |" in table and "| identity |" in table and "nan" not in table
+    # a row's numbers do not depend on the other rows of the table: Real alone, and identity beside a second row,
+    # get the same Diversity pairs (one shared stream used to hand later rows other pairs from replication 2 on)
+    alone = evaluate.evaluate_protocol(evaluator, WordVectorizer(tmp_path), dataset, replications=2, batch_size=4,
+                                       progress=False, diversity_times=4, mm_captions=0)
+    wider = evaluate.evaluate_protocol(evaluator, WordVectorizer(tmp_path), dataset, replications=2,
+                                       generators={"first": identity, "identity": identity}, batch_size=4,
+                                       progress=False, diversity_times=4, mm_captions=0)
+    assert alone["Real"] == results["Real"] == wider["Real"]
+    assert wider["identity"] == results["identity"]
+    assert results["Real"]["Diversity"][0] != results["Real"]["Diversity"][1]          # replications draw anew
+    draws = [evaluate.protocol_stream(0, 1, row, purpose).integers(2 ** 32)
+             for row, purpose in (("Real", "diversity"), ("Real", "diversity"), ("a", "diversity"), ("Real", "x"))]
+    assert draws[0] == draws[1] and len(set(draws)) == 3
 
 
 def test_protocol_multimodality_on_tiny(tiny, tmp_path):
