@@ -226,9 +226,9 @@ def save_evaluator(model, path, **extra):
 
 def weights_sha1(model):
     """A short fingerprint (12 hex digits of SHA-1) of a module's weights, name by name in state_dict order.
-    A self-trained evaluator retrained from the same command on another CPU is a different evaluator (float rounding
-    differs between kernels, and training amplifies it) and scores the same motions differently, so every results
-    JSON records which weights scored it; two tables compare only where this matches."""
+    A self-trained evaluator retrained from the same command on another CPU can be a different evaluator (float
+    rounding differs between kernels, and training amplifies it) that scores the same motions differently, so every
+    results JSON records which weights scored it; two tables compare only where this matches."""
     digest = hashlib.sha1()
     for name, tensor in model.state_dict().items():
         digest.update(name.encode())
