@@ -58,6 +58,22 @@ def timestep_embedding(t, dim):
     return torch.stack((angles.sin(), angles.cos()), dim=-1).flatten(1)  # (B, dim/2, 2) -> (B, dim): interleaved
 
 
+def mish(x):
+    """Mish, x * tanh(softplus(x)), the UNet's activation.
+
+    This is F.mish everywhere but in inference on a CPU without torch.compile (sampling), where PyTorch's Mish
+    kernel is slow: on 2 cores it takes 12-14x the time of SiLU over the same tensor. There the same function is
+    written with one sigmoid, which has a fast kernel. With u = sigma(-x) = 1 / (1 + e^x), the identity
+    e^(2 softplus(x)) = (1 + e^x)^2 = 1 / u^2 gives tanh(softplus(x)) = (1 - u^2) / (1 + u^2) = sigma(x) (1 + u) /
+    (1 + u^2): nothing overflows, and it agrees with F.mish to float rounding (a test checks it).
+    """
+    if x.is_cuda or x.requires_grad or torch.compiler.is_compiling():
+        return F.mish(x)
+    s = torch.sigmoid(x)
+    u = 1 - s  # = sigma(-x)
+    return (u + 1).div_(u.mul_(u).add_(1)).mul_(s).mul_(x)  # in place, left to right: x * s * (1 + u) / (1 + u^2)
+
+
 class FrameGroupNorm(nn.GroupNorm):
     """GroupNorm whose statistics are taken over channel groups within each frame, never across time.
 
@@ -92,9 +108,9 @@ class ResBlock(nn.Module):
             nn.init.zeros_(layer.bias)
 
     def forward(self, x, temb):
-        scale, shift = self.scale_shift(F.mish(temb))[:, :, None].chunk(2, dim=1)  # (B, 2C) -> 2 x (B, C, 1)
-        h = F.mish(self.norm1(self.conv1(x)) * (1 + scale) + shift)  # AdaGN on the first conv only
-        h = F.mish(self.norm2(self.conv2(h)))
+        scale, shift = self.scale_shift(mish(temb))[:, :, None].chunk(2, dim=1)  # (B, 2C) -> 2 x (B, C, 1)
+        h = mish(self.norm1(self.conv1(x)) * (1 + scale) + shift)  # AdaGN on the first conv only
+        h = mish(self.norm2(self.conv2(h)))
         return self.dropout(h) + self.skip(x)
 
 
