@@ -21,7 +21,7 @@ Each block = residual block (k=5 convs, per-frame GroupNorm(8), Mish, AdaGN scal
 followed by linear cross-attention (8 heads) to the text. There is no self-attention over frames. 18 blocks in all.
 The paper configuration has 293,654,279 parameters in the UNet body plus 5,392,128 in the text adapter (W = 512).
 
-Public: timestep_embedding(t, dim), PRESETS, ANCHOR_BLOCKS, FrameGroupNorm,
+Public: timestep_embedding(t, dim), mish(x), PRESETS, ANCHOR_BLOCKS, FrameGroupNorm,
         UNet (forward, encode_text, text_context, named_blocks, padded_length, anchor_frames, .config,
         .anchor_channels).
 """
