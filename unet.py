@@ -67,7 +67,7 @@ def mish(x):
     e^(2 softplus(x)) = (1 + e^x)^2 = 1 / u^2 gives tanh(softplus(x)) = (1 - u^2) / (1 + u^2) = sigma(x) (1 + u) /
     (1 + u^2): nothing overflows, and it agrees with F.mish to float rounding (a test checks it).
     """
-    if x.is_cuda or x.requires_grad or torch.compiler.is_compiling():
+    if x.device.type != "cpu" or x.requires_grad or torch.compiler.is_compiling():
         return F.mish(x)
     s = torch.sigmoid(x)
     u = 1 - s  # = sigma(-x)
