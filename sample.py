@@ -16,6 +16,7 @@ forward of 2B samples; the sampler is diffusion.dpm_solver_pp (10 steps by defau
 """
 
 import argparse
+import contextlib
 import json
 import re
 from pathlib import Path
@@ -35,6 +36,17 @@ from unet import UNet
 # Paper is silent here; see README "Choices"
 SAMPLERS = ["sde-dpmsolver++", "dpmsolver++", "ddpm"]
 PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+# Guided batches of at most this many rows (2 = one text) take PyTorch's native convolution on a CPU, not oneDNN's:
+# see generate_features.
+NATIVE_CONVOLUTION_MAX_ROWS = 2
+
+
+def onednn_off():
+    """A context in which CPU convolutions take PyTorch's native kernels instead of oneDNN's; oneDNN's other
+    settings stay as they are (torch.backends.mkldnn.flags would otherwise reset them to its defaults)."""
+    mkldnn = torch.backends.mkldnn
+    return mkldnn.flags(enabled=False, deterministic=mkldnn.deterministic, allow_tf32=mkldnn.allow_tf32,
+                        fp32_precision=mkldnn.fp32_precision)
 
 
 class LUMASampler:
@@ -66,8 +78,17 @@ class LUMASampler:
             text_latent = self.unet.encode_text(self.text_encoder.encode_text_tokens(list(texts)))   # (B, 77, W')
             text_context = self.unet.text_context(text_latent)     # the conditional half; the other half has no text
 
+        # One text on a CPU: the guided forward has 2 rows, and there PyTorch's own convolution kernel beats oneDNN's
+        # (oneDNN pays a fixed ~46 us per call, which at 2 rows and 64 channels is most of a convolution): the whole
+        # call ran 15-25% faster with oneDNN off, on AVX-512 and AVX2 alike. From 2 texts (4 rows) oneDNN is even or
+        # ahead (at 4 texts, far ahead), so it stays on there, and under torch.compile, whose kernels are its own.
+        # Measured 2026-12-05, 2-core AMD EPYC (Zen 5), PyTorch 2.14.1; README "The laptop path, fifth round".
+        compiled = hasattr(self.unet, "_orig_mod")                   # torch.compile's wrapper (load_model --compile)
+        native = (self.device.type == "cpu" and precision == "fp32" and not compiled
+                  and 2 * len(texts) <= NATIVE_CONVOLUTION_MAX_ROWS)
+
         def denoise(x, t, cond_mask):
-            with autocast:
+            with autocast, onednn_off() if native else contextlib.nullcontext():
                 return self.unet(x, t, cond_mask=cond_mask, text_context=text_context)[0].float()
 
         def model_fn(x_t, t):

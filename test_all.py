@@ -2806,6 +2806,34 @@ def test_sample_from_the_final_checkpoint(tiny, tmp_path):
     assert np.load(tmp_path / "out" / "01_a_person_squats_0.npy").shape == (50, 263)
 
 
+def test_one_text_on_a_cpu_samples_with_native_convolution(monkeypatch):
+    # One text is a guided batch of 2 rows: the UNet runs with oneDNN off (PyTorch's native convolution, faster
+    # there), oneDNN's other settings kept, and the flag restored after; two texts keep oneDNN; both kernels give
+    # the same motion
+    torch.manual_seed(0)
+    unet = _randomise_zero_init(UNet(D, TINY_TEXT["width"], **TINY))
+    sampler = sample.LUMASampler(unet, tiny_moclip(motion_dim=D), torch.zeros(D), torch.ones(D))
+    mkldnn, onednn_seen = torch.backends.mkldnn, []
+    unet.register_forward_pre_hook(lambda module, inputs: onednn_seen.append((mkldnn.enabled, mkldnn.deterministic)))
+
+    def generate(texts):
+        onednn_seen.clear()
+        with mkldnn.flags(enabled=True, deterministic=True, allow_tf32=None):   # a user's setting, to be kept
+            features = sampler.generate_features(texts, [40] * len(texts), steps=3, sampler="dpmsolver++", seed=1)
+            assert mkldnn.enabled and mkldnn.deterministic                     # restored
+        assert len(onednn_seen) == 3 and all(deterministic for _, deterministic in onednn_seen)   # 3 forwards
+        return features[0], [enabled for enabled, _ in onednn_seen]
+
+    native, enabled = generate(["a person jumps"])
+    assert not any(enabled)
+    _, enabled = generate(["a person jumps", "a person waves"])
+    assert all(enabled)
+    monkeypatch.setattr(sample, "NATIVE_CONVOLUTION_MAX_ROWS", 0)              # oneDNN for one text too
+    onednn, enabled = generate(["a person jumps"])
+    assert all(enabled)
+    np.testing.assert_allclose(native, onednn, rtol=0, atol=2e-4)     # measured: 3.2e-5 (AVX-512), 4.5e-5 (AVX2)
+
+
 def test_sample_rejects_bad_requests(tiny, tmp_path):
     final = _train(tiny, tmp_path / "run", 1)
     model = sample.load_model(final, device="cpu")
