@@ -1845,9 +1845,14 @@ def test_frame_group_norm_is_per_frame():
     nn.init.normal_(norm.weight)
     nn.init.normal_(norm.bias)
     x = torch.randn(2, 32, 20) * 3 + 1
-    y = norm(x)
     reference = nn.functional.group_norm(x.transpose(1, 2).reshape(40, 32), 8, norm.weight, norm.bias, norm.eps)
-    torch.testing.assert_close(y, reference.view(2, 20, 32).transpose(1, 2), atol=1e-5, rtol=1e-5)
+    reference = reference.view(2, 20, 32).transpose(1, 2)
+    # both ways of computing it: layer_norm where a gradient is needed (training), two means in CPU inference
+    with_grad = norm(x.clone().requires_grad_(True))
+    y = norm(x)
+    assert with_grad.requires_grad and not torch.equal(y, with_grad.detach())   # the inference form ran
+    torch.testing.assert_close(with_grad.detach(), reference, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(y, reference, atol=1e-5, rtol=1e-5)
     x2 = x.clone()
     x2[:, :, 13:] = torch.randn(2, 32, 7) * 100  # change the "padding" frames only
     assert torch.equal(norm(x2)[:, :, :13], y[:, :, :13])  # valid frames' values are untouched

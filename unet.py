@@ -84,10 +84,20 @@ class FrameGroupNorm(nn.GroupNorm):
     def forward(self, x):
         B, C, T = x.shape
         G = self.num_groups
-        # Same numbers as nn.GroupNorm on (B*T, C): LayerNorm over the C/G channels of each (sample, group, frame).
-        # Measured ~15% faster for the whole small-preset step on CPU than transposing to (B*T, C) and back.
-        groups = x.reshape(B, G, C // G, T).transpose(2, 3)  # (B, G, T, C/G), a view
-        y = F.layer_norm(groups, (C // G,), eps=self.eps).transpose(2, 3).reshape(B, C, T)
+        if x.device.type != "cpu" or x.requires_grad or torch.compiler.is_compiling():
+            # Same numbers as nn.GroupNorm on (B*T, C): LayerNorm over the C/G channels of each (sample, group,
+            # frame). Measured ~15% faster for the whole small-preset step on CPU than transposing to (B*T, C) and back.
+            groups = x.reshape(B, G, C // G, T).transpose(2, 3)  # (B, G, T, C/G), a view
+            y = F.layer_norm(groups, (C // G,), eps=self.eps).transpose(2, 3).reshape(B, C, T)
+        else:
+            # Inference on a CPU (sampling): the same statistics as two means over the channel axis of the
+            # (B, G, C/G, T) view, with no transposes. PyTorch's CPU layer_norm over rows of C/G = 8 channels is
+            # slow: over (2, 64, 196) it takes 2.6x the time of this, over (64, 64, 196) 4.8x. With a gradient it
+            # loses (the two means' backward), so training keeps layer_norm.
+            groups = x.reshape(B, G, C // G, T)
+            centred = groups - groups.mean(2, keepdim=True)
+            variance = centred.square().mean(2, keepdim=True)  # biased, as GroupNorm's
+            y = centred.mul_(torch.rsqrt(variance.add_(self.eps))).reshape(B, C, T)
         return torch.addcmul(self.bias[:, None], y, self.weight[:, None])  # per-channel affine
 
 
