@@ -81,7 +81,7 @@ class LUMASampler:
         # One text on a CPU: the guided forward has 2 rows, and there PyTorch's own convolution kernel beats oneDNN's
         # (oneDNN pays a fixed ~46 us per call, which at 2 rows and 64 channels is most of a convolution): the whole
         # call ran 15-25% faster with oneDNN off, on AVX-512 and AVX2 alike. From 2 texts (4 rows) oneDNN is even or
-        # ahead (at 4 texts, far ahead), so it stays on there, and under torch.compile, whose kernels are its own.
+        # ahead (at 4 texts, far ahead), so it stays on there, and under torch.compile, which picks its own kernels.
         # Measured 2026-12-05, 2-core AMD EPYC (Zen 5), PyTorch 2.14.1; README "The laptop path, fifth round".
         compiled = hasattr(self.unet, "_orig_mod")                   # torch.compile's wrapper (load_model --compile)
         native = (self.device.type == "cpu" and precision == "fp32" and not compiled
