@@ -58,6 +58,12 @@ def timestep_embedding(t, dim):
     return torch.stack((angles.sin(), angles.cos()), dim=-1).flatten(1)  # (B, dim/2, 2) -> (B, dim): interleaved
 
 
+def _eager_cpu_inference(x):
+    """True where x needs no gradient, lies on a CPU and torch.compile is not tracing: sampling on a CPU. There
+    mish and FrameGroupNorm take forms with faster CPU kernels; training, GPUs and compiled code keep PyTorch's."""
+    return x.device.type == "cpu" and not x.requires_grad and not torch.compiler.is_compiling()
+
+
 def mish(x):
     """Mish, x * tanh(softplus(x)), the UNet's activation.
 
@@ -67,7 +73,7 @@ def mish(x):
     e^(2 softplus(x)) = (1 + e^x)^2 = 1 / u^2 gives tanh(softplus(x)) = (1 - u^2) / (1 + u^2) = sigma(x) (1 + u) /
     (1 + u^2): nothing overflows, and it agrees with F.mish to float rounding (a test checks it).
     """
-    if x.device.type != "cpu" or x.requires_grad or torch.compiler.is_compiling():
+    if not _eager_cpu_inference(x):
         return F.mish(x)
     s = torch.sigmoid(x)
     u = 1 - s  # = sigma(-x)
@@ -84,7 +90,7 @@ class FrameGroupNorm(nn.GroupNorm):
     def forward(self, x):
         B, C, T = x.shape
         G = self.num_groups
-        if x.device.type != "cpu" or x.requires_grad or torch.compiler.is_compiling():
+        if not _eager_cpu_inference(x):
             # Same numbers as nn.GroupNorm on (B*T, C): LayerNorm over the C/G channels of each (sample, group,
             # frame). Measured ~15% faster for the whole small-preset step on CPU than transposing to (B*T, C) and back.
             groups = x.reshape(B, G, C // G, T).transpose(2, 3)  # (B, G, T, C/G), a view
