@@ -44,8 +44,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch._dynamo.exc
-import torch._inductor.exc
 from tqdm import tqdm
 
 from anchors import AnchorWeighting, DualAnchor, dual_anchor_loss
@@ -73,11 +71,6 @@ PRESETS = {
 }
 SAMPLE_PROMPTS = ["a person jumps", "a person waves with the right hand", "a person walks forward then turns left"]
 
-
-# A CPU run this long is compiled by default: a compiled small-preset step is ~0.09 s faster on 2 cores (0.30 against
-# 0.39 s), which repays the first step's compiling (144 s on a first run, 92 s with torch's compile cache warm) after
-# ~1,600 steps (AMD EPYC Zen 4, torch 2.14.1; see README "Performance").
-COMPILE_PAYS_AFTER = 1_600
 
 RUN_FILES = ("checkpoint.pt", "final.pt", "log.csv", "eval.csv")   # what a run folder holds, besides samples/ and
 RUN_FOLDERS = ("samples", "checkpoints")                            # checkpoints/ (--keep-checkpoints)
@@ -135,10 +128,9 @@ def get_args(argv=None):
     g.add_argument("--cond-drop", type=fraction, default=0.1, help="probability of dropping the text (CFG, Eq. 3)")
     g.add_argument("--precision", default="fp32", choices=["fp32", "tf32", "bf16"],
                    help="tf32 matmuls or bf16 autocast, both on CUDA")
-    g.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,
-                   help="torch.compile the UNet and the anchor heads (default: on for a CPU run of at least "
-                        f"{COMPILE_PAYS_AFTER:,} steps where a C++ compiler is found, off otherwise: the first step compiles "
-                        "for 1.5-2.5 minutes on 2 cores, later steps are about 1.3x faster)")
+    g.add_argument("--compile", action=argparse.BooleanOptionalAction, default=False,
+                   help="torch.compile the UNet and the anchor heads (off by default: on 2 CPU cores the first step "
+                        "compiles for about 2.5 minutes and later steps were no faster, README 'Performance')")
     g.add_argument("--feature-cache", action=argparse.BooleanOptionalAction, default=None,
                    help="compute the frozen MoCLIP's features once per caption and per whole clip, and reuse them "
                         "(host memory: ~40 KB per caption for the small tower, ~160 KB for ViT-B-32; default on for "
@@ -196,17 +188,6 @@ def check_args(p, args):
     if args.keep_checkpoints and not args.eval_every:
         p.error("--keep-checkpoints keeps the checkpoint of each evaluation point; pass --eval-every N as well")
 
-
-def compile_by_default(args, device):
-    """--compile's default: on for a CPU run of >= COMPILE_PAYS_AFTER steps when torch's inductor can find a C++
-    compiler (it builds its CPU kernels with one), off on GPUs and for short runs, where compiling does not pay."""
-    compiler = os.environ.get("CXX") or "g++"
-    return device.type == "cpu" and args.steps >= COMPILE_PAYS_AFTER and any(
-        shutil.which(name) for name in (compiler, "c++", "clang++"))
-
-
-# What a failed torch.compile raises in its first call: the backend's failure as dynamo wraps it, and inductor's own.
-COMPILE_ERRORS = (torch._dynamo.exc.BackendCompilerFailed, torch._inductor.exc.InductorError)
 
 
 def check_run_folder(args):
@@ -566,15 +547,8 @@ def run(args):
     if world_size > 1:   # averages the gradients over ranks during backward
         luma_forward = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device] if device.type == "cuda"
                                                                  else None)
-    compile_chosen = args.compile is None                     # --compile's default, not the user's flag
-    if compile_chosen:
-        args.compile = compile_by_default(args, device)
-    eager_forward = luma_forward
     if args.compile:
         luma_forward = torch.compile(luma_forward)
-        if is_main and compile_chosen:
-            print("torch.compile: the first step compiles the UNet and anchors (1.5-2.5 minutes on 2 CPU cores); "
-                  "--no-compile to skip")
     n_params = sum(p.numel() for p in model.unet.parameters())
     n_anchor = sum(p.numel() for p in model.anchor.parameters()) if model.anchor is not None else 0
     if is_main:
@@ -659,17 +633,8 @@ def run(args):
         for group in optimizer.param_groups:
             group["lr"] = lr
         batch = get_batch(dataset, step, args.batch_size, args.seed, device, rank, world_size)
-        try:
-            loss, terms = train_step(args, model, luma_forward, optimizer, ema_unet, features, abar, batch, step,
-                                     rank, world_size)
-        except COMPILE_ERRORS as error:        # raised in the forward, before any weight changed: the step reruns
-            if not compile_chosen:                       # the user's --compile: the error is theirs to see
-                raise
-            print(f"torch.compile failed ({type(error).__name__}: {str(error)[:200]}); training "
-                  f"eagerly instead (pass --no-compile to skip the attempt)")
-            luma_forward, compile_chosen = eager_forward, False
-            loss, terms = train_step(args, model, luma_forward, optimizer, ema_unet, features, abar, batch, step,
-                                     rank, world_size)
+        loss, terms = train_step(args, model, luma_forward, optimizer, ema_unet, features, abar, batch, step,
+                                 rank, world_size)
         step += 1
         bar.update(1)
 
