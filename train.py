@@ -189,7 +189,6 @@ def check_args(p, args):
         p.error("--keep-checkpoints keeps the checkpoint of each evaluation point; pass --eval-every N as well")
 
 
-
 def check_run_folder(args):
     """Never lose a run: a folder holding one is continued (--resume) or replaced (--overwrite), never overwritten."""
     out_dir = Path(args.out_dir)
