@@ -2443,6 +2443,7 @@ def test_train_compiles_only_when_asked(tiny, tmp_path, monkeypatch):
     # and a compile that fails is the user's to see, not silently replaced by an eager run
     assert train.get_args(["--dataset", "synthetic"]).compile is False
     assert train.get_args(["--dataset", "synthetic", "--compile"]).compile is True
+    assert train.get_args(["--dataset", "synthetic", "--no-compile"]).compile is False
 
     def failing_compile(module):
         def forward(*args, **kwargs):
