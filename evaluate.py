@@ -693,11 +693,14 @@ def train_evaluator(dataset="synthetic", data_root=None, out=None, ae_steps=200,
     # (c) text-motion matching: text and motion encoders, contrastive loss with margin 10, best val loss kept
     train_loader = torch.utils.data.DataLoader(train_set, batch_size, shuffle=True, drop_last=True,
                                                collate_fn=collate_eval)
-    val_loader = torch.utils.data.DataLoader(val_set, batch_size, shuffle=False, drop_last=True,
-                                             collate_fn=collate_eval)
-    if len(train_loader) == 0 or len(val_loader) == 0:
-        raise InputError(f"train ({len(train_set)}) and val ({len(val_set)}) need at least one batch of {batch_size}; "
+    if len(train_loader) == 0:
+        raise InputError(f"the train split ({len(train_set)} samples) needs at least one batch of {batch_size}; "
                          "lower --batch-size")
+    if len(val_set) < 2:
+        raise InputError(f"the val split has {len(val_set)} sample(s); the matching loss needs at least 2")
+    # a val split smaller than one training batch (a small custom dataset) is scored as one batch of all its samples
+    val_loader = torch.utils.data.DataLoader(val_set, min(batch_size, len(val_set)), shuffle=False, drop_last=True,
+                                             collate_fn=collate_eval)
     optimizer = torch.optim.Adam(list(evaluator.text_encoder.parameters()) +
                                  list(evaluator.motion_encoder.parameters()), lr=lr)
     path = out / kind / "text_mot_match" / "model" / "finest.tar"

@@ -36,7 +36,6 @@ from pathlib import Path
 from urllib.parse import urlparse
 
 import numpy as np
-import open_clip
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -44,7 +43,9 @@ from tqdm import tqdm
 
 # The model half of this file (text tower, MotionEncoder, MoCLIP, the loss) needs only torch and open_clip, so it
 # copies out alone. Training, checkpoint files and the command line use the project's data.py, imported inside the
-# functions that need it.
+# functions that need it. open_clip too is imported where a text tower or tokenizer is built: it brings torchvision
+# with it (2.3 s of a 4.6 s start on a 2-core CPU), which a command that stops at --help, a bad flag or a missing
+# file never uses.
 
 MAX_MOTION_LENGTH = 196                       # HumanML3D's training window in frames (data.MAX_MOTION_LENGTH)
 
@@ -86,6 +87,7 @@ def _text_config(clip_model, clip_pretrained):
     """Resolve {embed_dim, quick_gelu, **open_clip text_cfg} for a named open_clip model or 'small'."""
     if clip_model == "small":
         return dict(SMALL_TEXT_CONFIG)
+    import open_clip
     cfg = open_clip.get_model_config(clip_model)
     if cfg is None:
         raise ValueError(f"unknown --clip-model {clip_model!r}: use 'small' or an open_clip model name "
@@ -121,6 +123,7 @@ def _offline_hint(clip_model, clip_pretrained, reason):
 
 def _pretrained_text_state(clip_model, clip_pretrained):
     """The text-side state dict of an open_clip CLIP with pretrained weights; fails fast (no hub retries) offline."""
+    import open_clip
     if not os.path.isfile(clip_pretrained) and os.environ.get("HF_HUB_OFFLINE", "0") in ("0", "", "false"):
         cfg = open_clip.get_pretrained_cfg(clip_model, clip_pretrained) or {}
         host = "huggingface.co" if cfg.get("hf_hub") else urlparse(cfg.get("url", "")).hostname
@@ -142,6 +145,7 @@ def _pretrained_text_state(clip_model, clip_pretrained):
 
 def build_text_tower(text_config, clip_model="small", clip_pretrained="none"):
     """An open_clip TextTransformer (text side only) returning (pooled (B, D_a), tokens (B, 77, W)) per call."""
+    import open_clip
     cfg = dict(text_config)
     embed_dim, quick_gelu = cfg.pop("embed_dim"), cfg.pop("quick_gelu")
     text_cfg = open_clip.CLIPTextCfg(**cfg, output_tokens=True)
@@ -216,6 +220,7 @@ class MoCLIP(nn.Module):
                              f"(got {clip_pretrained!r}) or a named --clip-model such as ViT-B-32")
         text_config = dict(text_config) if text_config is not None else _text_config(clip_model, clip_pretrained)
         self.text = build_text_tower(text_config, clip_model, clip_pretrained)
+        import open_clip
         if clip_model == "small":
             self.tokenizer = open_clip.SimpleTokenizer(context_length=text_config["context_length"])
         else:

@@ -23,6 +23,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import open_clip
 import pytest
 import torch
 import torch.nn as nn
@@ -1481,14 +1482,14 @@ def test_moclip_vit_b32_text_tower_runs_on_cpu():
 
 def test_moclip_pretrained_weights_fill_the_text_only_tower(monkeypatch):
     # stands in for a download: open_clip's full ViT-B-32 CLIP with random weights plays the "pretrained" one
-    made, create_model = {}, moclip.open_clip.create_model
+    made, create_model = {}, open_clip.create_model
 
     def fake_create_model(name, pretrained=None, **kwargs):
         torch.manual_seed(1)
         made["clip"] = create_model(name, pretrained=None, **kwargs)
         return made["clip"]
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")                         # no connectivity probe
-    monkeypatch.setattr(moclip.open_clip, "create_model", fake_create_model)
+    monkeypatch.setattr(open_clip, "create_model", fake_create_model)
     torch.manual_seed(0)
     model = MoCLIP(263, clip_model="ViT-B-32", clip_pretrained="openai").eval()
     assert model.config["text_config"]["quick_gelu"] is True          # the openai weights use QuickGELU
@@ -1512,7 +1513,7 @@ def test_moclip_offline_pretrained_fails_fast_with_hint(monkeypatch):
     def hub_error(*args, **kwargs):
         raise RuntimeError("Failed to download weights for tag 'openai'")
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    monkeypatch.setattr(moclip.open_clip, "create_model", hub_error)
+    monkeypatch.setattr(open_clip, "create_model", hub_error)
     with pytest.raises(RuntimeError, match="--clip-pretrained none"):
         MoCLIP(263, clip_model="ViT-B-32", clip_pretrained="openai")
     with pytest.raises(ValueError, match="--clip-pretrained none"):
@@ -2481,6 +2482,15 @@ def test_each_component_file_copies_out_alone(component, tmp_path):
     assert done.returncode == 0, done.stderr
 
 
+def test_the_commands_import_open_clip_only_when_they_build_a_text_tower():
+    # open_clip brings torchvision (half of a command's start on a CPU): --help, a bad flag or a missing file stop
+    # before any text tower is built, so importing the scripts must not import it
+    code = "import analysis, evaluate, moclip, sample, train, sys; assert 'open_clip' not in sys.modules, " \
+           "[m for m in sys.modules if m.startswith(('open_clip', 'torchvision'))][:3]"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO)
+    assert done.returncode == 0, done.stderr
+
+
 def test_train_docstring_maps_every_line_of_algorithm_1_to_code():
     # App. C's Alg. 1, lines 1-8, each named with the function that implements it, and every name exists
     doc = train.__doc__
@@ -3293,7 +3303,7 @@ def test_movement_autoencoder_shapes_and_loss():
 def test_train_evaluator_writes_files_that_load_strictly(tiny, tmp_path):
     root, _ = tiny
     out = evaluate.train_evaluator("synthetic", root, tmp_path / "ev", ae_steps=1, ae_batch_size=4, epochs=1,
-                                   batch_size=2, progress=False)   # tiny val split: 2 samples
+                                   batch_size=8, progress=False)   # tiny val: 2 samples, one batch
     path = out / "t2m" / "text_mot_match" / "model" / "finest.tar"
     assert path.is_file()
     state = torch.load(path, weights_only=True)
@@ -3309,7 +3319,7 @@ def test_train_evaluator_writes_files_that_load_strictly(tiny, tmp_path):
     # Retrained from the same command on the same machine, the evaluator is the same weights, bit for bit (the same
     # code path); its fingerprint, which every results JSON records, tells it from any other set of weights
     again = evaluate.train_evaluator("synthetic", root, tmp_path / "ev2", ae_steps=1, ae_batch_size=4, epochs=1,
-                                     batch_size=2, progress=False)
+                                     batch_size=8, progress=False)
     assert evaluate.weights_sha1(load_evaluator(again, 263)) == evaluate.weights_sha1(model)
     other = load_evaluator(again, 263)
     with torch.no_grad():
@@ -3336,9 +3346,9 @@ def test_protocol_real_row_and_identity_generator_on_tiny(tiny, tmp_path, monkey
     def identity(captions, m_lens):          # a "model" returning the GT batch: same crops and texts as Real
         return last["motions"]
     results = evaluate.evaluate_protocol(evaluator, WordVectorizer(tmp_path), dataset, replications=2,
-                                         generators={"identity": identity}, batch_size=4, progress=False,
+                                         generators={"identity": identity}, batch_size=8, progress=False,
                                          diversity_times=4, mm_captions=0)
-    assert set(seen) == {4}                                 # drop_last: only full batches
+    assert set(seen) == {8}                                 # drop_last: only full batches
     for row in ("Real", "identity"):
         for metric in ("FID", "Top1", "Top2", "Top3", "Diversity", "MM-Dist"):
             assert len(results[row][metric]) == 2 and np.isfinite(results[row][metric]).all()
@@ -3350,10 +3360,10 @@ def test_protocol_real_row_and_identity_generator_on_tiny(tiny, tmp_path, monkey
     assert "| Real |" in table and "| identity |" in table and "nan" not in table
     # a row's numbers do not depend on the other rows of the table: Real alone, and identity beside a second row,
     # get the same Diversity pairs (one shared stream used to hand later rows other pairs from replication 2 on)
-    alone = evaluate.evaluate_protocol(evaluator, WordVectorizer(tmp_path), dataset, replications=2, batch_size=4,
+    alone = evaluate.evaluate_protocol(evaluator, WordVectorizer(tmp_path), dataset, replications=2, batch_size=8,
                                        progress=False, diversity_times=4, mm_captions=0)
     wider = evaluate.evaluate_protocol(evaluator, WordVectorizer(tmp_path), dataset, replications=2,
-                                       generators={"first": identity, "identity": identity}, batch_size=4,
+                                       generators={"first": identity, "identity": identity}, batch_size=8,
                                        progress=False, diversity_times=4, mm_captions=0)
     assert alone["Real"] == results["Real"] == wider["Real"]
     assert wider["identity"] == results["identity"]
