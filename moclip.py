@@ -44,8 +44,8 @@ from tqdm import tqdm
 # The model half of this file (text tower, MotionEncoder, MoCLIP, the loss) needs only torch and open_clip, so it
 # copies out alone. Training, checkpoint files and the command line use the project's data.py, imported inside the
 # functions that need it. open_clip too is imported where a text tower or tokenizer is built: it brings torchvision
-# with it (2.3 s of a 4.6 s start on a 2-core CPU), which a command that stops at --help, a bad flag or a missing
-# file never uses.
+# with it (about 2.3 s of a command's 4.5 s start on a 2-core CPU), which a command that stops at --help, a bad flag
+# or a missing file never uses.
 
 MAX_MOTION_LENGTH = 196                       # HumanML3D's training window in frames (data.MAX_MOTION_LENGTH)
 

@@ -3325,6 +3325,16 @@ def test_train_evaluator_writes_files_that_load_strictly(tiny, tmp_path):
     with torch.no_grad():
         next(other.parameters())[0].view(-1)[0] += 1e-6
     assert evaluate.weights_sha1(other) != evaluate.weights_sha1(model)
+    # a val split of one sample cannot be scored (the matching loss pairs each text with another motion): a message
+    one_val = tmp_path / "one_val"
+    one_val.mkdir()
+    for entry in root.iterdir():
+        if entry.name != "val.txt":
+            (one_val / entry.name).symlink_to(entry)
+    (one_val / "val.txt").write_text((root / "val.txt").read_text().split()[0] + "\n")
+    with pytest.raises(evaluate.InputError, match=r"val split has 1 sample\(s\); the matching loss needs at least 2"):
+        evaluate.train_evaluator("synthetic", one_val, tmp_path / "ev3", ae_steps=1, ae_batch_size=4, epochs=1,
+                                 batch_size=8, progress=False)
 
 
 def test_protocol_real_row_and_identity_generator_on_tiny(tiny, tmp_path, monkeypatch):
