@@ -20,6 +20,7 @@ import shutil
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -3524,9 +3525,10 @@ def test_t2m_generates_at_the_loader_minimum_on_the_chosen_split(tiny, tmp_path,
     assert generated_lens == [[max(n, 40) for n in batch] for batch in gt_lens]
 
 
-def test_eval_every_logs_fixed_validation_points_and_keeps_their_checkpoints(tiny, tmp_path):
+def test_eval_every_logs_fixed_validation_points_and_keeps_their_checkpoints(tiny, tmp_path, monkeypatch):
     # Fig. 4's points: the EMA model scored on the same validation batches with the same seed at each point, logged
-    # to eval.csv with the training hours; the checkpoints kept; a resume continues the log; training is unchanged
+    # to eval.csv with the training hours; the checkpoints kept; a resume continues the log and its hours (on a slow
+    # disk too: the hours leave out writing checkpoint.pt, whose time a resume starts from); training is unchanged
     root, moclip_ckpt = tiny
     data_root, _ = _short_clip_root(root, tmp_path / "data")
     evaluator_dir = _tiny_evaluator_dir(root, tmp_path / "ev")
@@ -3535,7 +3537,15 @@ def test_eval_every_logs_fixed_validation_points_and_keeps_their_checkpoints(tin
              "--anchor-decay-steps", "4", "--device", "cpu"]
     probe_flags = ["--eval-every", "2", "--evaluator-dir", str(evaluator_dir), "--keep-checkpoints"]
     run, plain = tmp_path / "run", tmp_path / "plain"
+    write = train.save_checkpoint
+
+    def slow_disk(state, path):
+        if Path(path).name == "checkpoint.pt":
+            time.sleep(0.3)                                         # longer than the two steps after the resume
+        write(state, path)
+    monkeypatch.setattr(train, "save_checkpoint", slow_disk)
     train.main(flags + probe_flags + ["--steps", "4", "--out-dir", str(run)])
+    monkeypatch.undo()
     train.main(flags + ["--steps", "4", "--out-dir", str(plain)])
     _compare_runs(run, plain, 4)                                    # evaluating draws nothing from training's streams
     rows = list(csv.DictReader(open(run / "eval.csv")))

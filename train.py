@@ -450,7 +450,8 @@ def check_resumable(state, args, path):
 
 
 LOG_COLUMNS = ["step", "loss", "ddpm", "fre", "tem", "zeta", "lr", "seconds_per_step"]
-# eval.csv (--eval-every): train_hours is the run's wall-clock without the evaluations themselves (Fig. 4's x axis)
+# eval.csv (--eval-every): train_hours is the wall-clock of the training alone, without the evaluations and the
+# writes of checkpoint.pt (Fig. 4's x axis)
 EVAL_COLUMNS = ["step", "train_hours", "FID", "Top1", "Top2", "Top3", "MM-Dist", "eval_seconds"]
 
 
@@ -598,21 +599,22 @@ def run(args):
         log = csv.writer(log_file)
         eval_file = open_log(eval_path, EVAL_COLUMNS, args.resume, step) if probe is not None else None
 
-    # Wall-clock of the training alone, carried over a --resume: the evaluations' own time is left out
+    # Wall-clock of the training alone, carried over a --resume. Left out: the evaluations, and the writing of
+    # checkpoint.pt, which records the time at which it is written, so a resumed run goes on from the time logged last
     seconds_before = state.get("train_seconds", 0.0) if args.resume else 0.0
-    t_start, eval_seconds = time.time(), 0.0
+    t_start, paused_seconds = time.time(), 0.0
 
     def train_seconds():
-        return seconds_before + time.time() - t_start - eval_seconds
+        return seconds_before + time.time() - t_start - paused_seconds
 
     def evaluate_now():
         """Fig. 4's point at this step: the EMA model on the probe's fixed validation batches -> a row of eval.csv."""
-        nonlocal eval_seconds
+        nonlocal paused_seconds
         from sample import LUMASampler
         start = time.time()
         metrics = probe(LUMASampler(ema_unet, text_encoder, dataset.mean, dataset.std, dataset.kind))
         spent = time.time() - start
-        eval_seconds += spent
+        paused_seconds += spent
         csv.writer(eval_file).writerow([step, f"{train_seconds() / 3600:.7f}",  # 7 decimals: 0.36 ms
                                         *[f"{metrics[k]:.6g}" for k in EVAL_COLUMNS[2:7]], f"{spent:.1f}"])
         eval_file.flush()
@@ -662,7 +664,9 @@ def run(args):
                 bar.set_postfix(loss=f"{values[0]:.4f}", ddpm=f"{values[1]:.4f}", fre=f"{values[2]:.3f}",
                                 tem=f"{values[3]:.3f}", zeta=f"{values[4]:.2f}")
         if saving and is_main:
+            write_start = time.time()
             save(training_state(), checkpoint_path)
+            paused_seconds += time.time() - write_start
         last_good = step if saving else last_good
         if is_main and args.sample_every and (step % args.sample_every == 0 or step == args.steps):
             render_samples(ema_unet, text_encoder, dataset, out_dir / "samples" / f"step_{step:06d}", device)
