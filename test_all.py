@@ -3539,9 +3539,9 @@ def test_eval_every_logs_fixed_validation_points_and_keeps_their_checkpoints(tin
     run, plain = tmp_path / "run", tmp_path / "plain"
     write = train.save_checkpoint
 
-    def slow_disk(state, path):
-        if Path(path).name == "checkpoint.pt":
-            time.sleep(0.3)                                         # longer than the two steps after the resume
+    def slow_disk(state, path):                  # the last checkpoint.pt takes 1 s to write, more than the two
+        if Path(path).name == "checkpoint.pt" and state["step"] == 4:      # steps after the resume (0.24 s here)
+            time.sleep(1.0)
         write(state, path)
     monkeypatch.setattr(train, "save_checkpoint", slow_disk)
     train.main(flags + probe_flags + ["--steps", "4", "--out-dir", str(run)])
