@@ -697,7 +697,8 @@ def train_evaluator(dataset="synthetic", data_root=None, out=None, ae_steps=200,
         raise InputError(f"the train split ({len(train_set)} samples) needs at least one batch of {batch_size}; "
                          "lower --batch-size")
     if len(val_set) < 2:
-        raise InputError(f"the val split has {len(val_set)} sample(s); the matching loss needs at least 2")
+        raise InputError(f"the val split has {len(val_set)} sample(s); the matching loss needs at least 2: list "
+                         f"more motions in {root / 'val.txt'}")
     # a val split smaller than one training batch (a small custom dataset) is scored as one batch of all its samples
     val_loader = torch.utils.data.DataLoader(val_set, min(batch_size, len(val_set)), shuffle=False, drop_last=True,
                                              collate_fn=collate_eval)
