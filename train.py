@@ -58,7 +58,8 @@ from unet import PRESETS as UNET_PRESETS, UNet, timestep_embedding
 
 # Training presets. "paper" is Sec. 4 / StableMoFusion's recipe; "small" fits a 2-core CPU in minutes (the README's
 # main command takes under 20 minutes end to end; 2,000 steps are needed: at 1,000 the turn prompt passed 3 of 24
-# samples over three training seeds, at 1,500 16, at 2,000 18; README "Performance", sixth round).
+# samples over three training seeds, at 1,500 16, at 2,000 18, and with the lr decay and N of Eq. (11) scaled to
+# 1,000 or 1,500 steps 5 and 10; README "Performance", sixth and ninth rounds).
 PRESETS = {
     # N of Eq. (11) = 30,000: Paper is silent here; see README "Choices". EMA every 32 steps at 0.99317 is the
     # backbone's effective AveragedModel setting.
