@@ -3301,6 +3301,16 @@ def test_movement_autoencoder_shapes_and_loss():
     assert rec.item() > 0 and loss.item() > rec.item()          # + the two 0.001-weighted latent terms
 
 
+def _root_with_split(root, data_root, split, ids):
+    """A copy of root by links, its <split>.txt replaced by the motion ids given -> data_root."""
+    data_root.mkdir()
+    for entry in root.iterdir():
+        if entry.name != f"{split}.txt":
+            (data_root / entry.name).symlink_to(entry)
+    (data_root / f"{split}.txt").write_text("\n".join(ids) + "\n")
+    return data_root
+
+
 def test_train_evaluator_writes_files_that_load_strictly(tiny, tmp_path):
     root, _ = tiny
     out = evaluate.train_evaluator("synthetic", root, tmp_path / "ev", ae_steps=1, ae_batch_size=4, epochs=1,
@@ -3327,12 +3337,7 @@ def test_train_evaluator_writes_files_that_load_strictly(tiny, tmp_path):
         next(other.parameters())[0].view(-1)[0] += 1e-6
     assert evaluate.weights_sha1(other) != evaluate.weights_sha1(model)
     # a val split of one sample cannot be scored (the matching loss pairs each text with another motion): a message
-    one_val = tmp_path / "one_val"
-    one_val.mkdir()
-    for entry in root.iterdir():
-        if entry.name != "val.txt":
-            (one_val / entry.name).symlink_to(entry)
-    (one_val / "val.txt").write_text((root / "val.txt").read_text().split()[0] + "\n")
+    one_val = _root_with_split(root, tmp_path / "one_val", "val", (root / "val.txt").read_text().split()[:1])
     with pytest.raises(evaluate.InputError, match=r"val split has 1 sample\(s\); the matching loss needs at least 2"):
         evaluate.train_evaluator("synthetic", one_val, tmp_path / "ev3", ae_steps=1, ae_batch_size=4, epochs=1,
                                  batch_size=8, progress=False)
@@ -3446,11 +3451,7 @@ def test_moclip_command_scores_the_protocol_batches(tiny, tmp_path, capsys):
     # Table 5 analogue: the evaluator's R-precision and MoCLIP retrieval (both ways) on the same B.9 batches. The tiny
     # test split is shorter than one batch of 32, so a copy of the data uses all 48 items as its test split.
     root, ckpt = tiny
-    data_root = tmp_path / "data"
-    data_root.mkdir()
-    for name in ("new_joint_vecs", "texts", "Mean.npy", "Std.npy"):
-        (data_root / name).symlink_to(root / name)
-    (data_root / "test.txt").write_text((root / "all.txt").read_text())
+    data_root = _root_with_split(root, tmp_path / "data", "test", (root / "all.txt").read_text().split())
     ev_dir = _tiny_evaluator_dir(root, tmp_path / "ev")
     out = tmp_path / "out"
     evaluate.main(["moclip", "--checkpoint", str(ckpt), "--dataset", "synthetic", "--data-root", str(data_root),
